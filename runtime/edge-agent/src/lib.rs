@@ -1,0 +1,1 @@
+//! The edge agent: plan(desired, observed), an executor that supervises module processes.

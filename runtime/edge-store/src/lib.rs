@@ -1,0 +1,1 @@
+//! Durable store-and-forward queues: a checksummed segment log with group commit.

@@ -1,0 +1,1 @@
+//! Test helpers: fakes with failure switches, process harnesses, fixture loaders.

@@ -1,0 +1,2 @@
+//! edgectl: the operator CLI for edged.
+fn main() {}

@@ -1,0 +1,2 @@
+//! edged: the edge daemon (agent + hub in one process).
+fn main() {}
