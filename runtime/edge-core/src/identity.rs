@@ -11,7 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 /// Shared map from module id to its key.
 #[derive(Debug, Clone, Default)]
 pub struct IdentityRegistry {
-    inner: Arc<RwLock<HashMap<ModuleId, ModuleKey>>>,
+    inner: Arc<RwLock<HashMap<String, ModuleKey>>>,
 }
 
 impl IdentityRegistry {
@@ -26,7 +26,7 @@ impl IdentityRegistry {
         self.inner
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, key);
+            .insert(id.as_str().to_owned(), key);
     }
 
     /// Removes a module's identity; its clients can no longer connect.
@@ -34,7 +34,7 @@ impl IdentityRegistry {
         self.inner
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
+            .remove(id.as_str());
     }
 
     /// The key of a module, if it has an identity.
@@ -43,8 +43,7 @@ impl IdentityRegistry {
         self.inner
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|(k, _)| k.as_str() == id)
-            .map(|(_, v)| v.clone())
+            .get(id)
+            .cloned()
     }
 }

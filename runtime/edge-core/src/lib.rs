@@ -13,6 +13,7 @@
 
 pub mod identity;
 pub mod ids;
+pub mod json;
 pub mod message;
 pub mod sas;
 pub mod topic;

@@ -282,7 +282,7 @@ pub enum Outbound {
         /// Input name.
         input: String,
         /// Properties (body left empty; the caller sets it).
-        msg: Message,
+        msg: Box<Message>,
     },
     /// A twin response.
     TwinResponse {
@@ -316,7 +316,7 @@ pub fn parse_outbound(topic: &str, device: &str, module: &str) -> Result<Outboun
         decode_bag_into(bag, &mut msg);
         return Ok(Outbound::Input {
             input: decode(input),
-            msg,
+            msg: Box::new(msg),
         });
     }
     if topic.starts_with("$iothub/twin/PATCH/properties/desired") {
