@@ -1,0 +1,546 @@
+//! The edge module: input `features` → batch → score → output `scores`, with hot swap driven
+//! by the twin.
+
+use crate::model::{self, ModelSpec};
+use crate::scorer::{SampleScore, Scorer};
+use crate::swap::{CandidateStatus, ShadowPolicy, Swap};
+use edge_sdk::{Delivery, Message, Module, ModuleConfig, ModuleContext, ModuleError, SysProp};
+use ndarray::Array2;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+use tracing::{info, warn};
+
+/// Input the module reads.
+pub const INPUT: &str = "features";
+/// Output the module writes.
+pub const OUTPUT: &str = "scores";
+
+/// Twin desired properties.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// The model to score with.
+    pub model: ModelConfig,
+    /// Batching bounds.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// ONNX Runtime settings.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// How many top contributing variables to emit per sample (default 3).
+    #[serde(default = "default_top")]
+    pub top_contributors: usize,
+}
+
+fn default_top() -> usize {
+    3
+}
+
+/// Twin `model`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `file:///abs/model.onnx` or a path.
+    pub uri: String,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// Version; must equal the metadata's.
+    pub version: String,
+    /// Metadata file (default `metadata.json` beside the model).
+    #[serde(default)]
+    pub metadata: Option<String>,
+    /// Shadow a new version before promoting it (default: promote once verified).
+    #[serde(default)]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// Twin `model.shadow`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Samples to shadow.
+    pub samples: u64,
+    /// Largest fraction of samples whose alarm flags may disagree (0..=1).
+    pub max_disagreement: f64,
+}
+
+/// Twin `batch`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most samples per model run (default 64).
+    pub max: usize,
+    /// Longest a message waits for others to join its batch (default 0: only what is already
+    /// queued is batched; a lone message is scored at once).
+    #[serde(with = "humantime_serde")]
+    pub latency: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max: 64,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// Twin `runtime`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Path of `libonnxruntime.so.1.31.1` (used when `ORT_DYLIB_PATH` is not set).
+    #[serde(default)]
+    pub ort_library: Option<PathBuf>,
+}
+
+impl ModuleConfig for Config {
+    fn validate(&self) -> Result<(), String> {
+        if self.batch.max == 0 {
+            return Err("batch.max: must be at least 1".into());
+        }
+        if self.model.sha256.len() != 64
+            || !self.model.sha256.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err("model.sha256: must be 64 hex digits".into());
+        }
+        if self.model.version.is_empty() {
+            return Err("model.version: must not be empty".into());
+        }
+        if let Some(s) = self.model.shadow
+            && !(0.0..=1.0).contains(&s.max_disagreement)
+        {
+            return Err("model.shadow.maxDisagreement: must be within 0..=1".into());
+        }
+        self.spec().map(|_| ())
+    }
+}
+
+impl Config {
+    /// The model spec the twin names.
+    ///
+    /// # Errors
+    /// A message when the URI is not a file URI or path.
+    pub fn spec(&self) -> Result<ModelSpec, String> {
+        let m = &self.model;
+        ModelSpec::from_uri(&m.uri, &m.sha256, &m.version, m.metadata.as_deref())
+            .map_err(|e| format!("model.uri: {e}"))
+    }
+
+    /// The shadow policy for a new version.
+    #[must_use]
+    pub fn shadow_policy(&self) -> ShadowPolicy {
+        self.model
+            .shadow
+            .map_or(ShadowPolicy::IMMEDIATE, |s| ShadowPolicy {
+                samples: s.samples,
+                max_disagreement: s.max_disagreement,
+            })
+    }
+}
+
+/// One parsed `features` message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    /// The measurements.
+    pub x: Vec<f32>,
+    /// Every other field of the body (`runId`, `sample`, `ts`, ...), carried to the output.
+    pub identity: Map<String, Value>,
+}
+
+/// Why a `features` message is not scored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeatureError {
+    /// Not a JSON object.
+    #[error("body is not a JSON object: {0}")]
+    NotJson(String),
+    /// `x` missing or not an array of finite numbers of the model's width.
+    #[error("x must be an array of {expected} finite numbers: {problem}")]
+    BadX {
+        /// Width the model takes.
+        expected: usize,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The pipeline marked the vector invalid (`"valid": false`).
+    #[error("features marked invalid by the producer")]
+    Invalid,
+}
+
+/// Parses a `features` body: `{"x": [width numbers], "valid": bool?, ...}`.
+///
+/// # Errors
+/// [`FeatureError`] naming the problem.
+pub fn parse_features(body: &[u8], width: usize) -> Result<Features, FeatureError> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| FeatureError::NotJson(e.to_string()))?;
+    let Value::Object(mut obj) = v else {
+        return Err(FeatureError::NotJson("not an object".into()));
+    };
+    if obj.get("valid").and_then(Value::as_bool) == Some(false) {
+        return Err(FeatureError::Invalid);
+    }
+    obj.remove("valid");
+    let bad = |problem: String| FeatureError::BadX {
+        expected: width,
+        problem,
+    };
+    let x = match obj.remove("x") {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(bad("not an array".into())),
+        None => return Err(bad("missing".into())),
+    };
+    if x.len() != width {
+        return Err(bad(format!("{} values", x.len())));
+    }
+    let x = x
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            #[allow(clippy::cast_possible_truncation)]
+            v.as_f64()
+                .map(|f| f as f32)
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| bad(format!("x[{i}] = {v}")))
+        })
+        .collect::<Result<Vec<f32>, _>>()?;
+    Ok(Features { x, identity: obj })
+}
+
+/// Builds the `scores` message for one sample: the identity fields, the model version and the
+/// score; application properties `alarm` (`true`/`false`) and `modelVersion`.
+#[must_use]
+pub fn score_message(
+    identity: &Map<String, Value>,
+    version: &str,
+    score: &SampleScore,
+    properties: &[(String, String)],
+) -> Message {
+    let mut body = identity.clone();
+    body.insert("modelVersion".into(), json!(version));
+    if let Ok(Value::Object(s)) = serde_json::to_value(score) {
+        body.extend(s);
+    }
+    let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
+    let mut msg = Message::new(bytes)
+        .with_system(SysProp::ContentType, "application/json")
+        .with_system(SysProp::ContentEncoding, "utf-8");
+    for (k, v) in properties {
+        msg.set_property(k.clone(), v.clone());
+    }
+    msg.set_property("alarm", if score.alarm { "true" } else { "false" });
+    msg.set_property("modelVersion", version);
+    msg
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The `model` section of the reported properties.
+#[must_use]
+pub fn report_of(swap: &Swap<Scorer>) -> Value {
+    json!({
+        "model": {
+            "version": swap.live_version(),
+            "sha256": swap.live().sha256(),
+            "since": rfc3339(swap.live_since()),
+            "reason": swap.live_reason(),
+            "candidate": swap.status(),
+        }
+    })
+}
+
+/// The module.
+#[derive(Debug, Default)]
+pub struct OnnxScoring;
+
+impl Module for OnnxScoring {
+    type Config = Config;
+
+    async fn run(self, ctx: ModuleContext<Config>) -> Result<(), ModuleError> {
+        let cfg = ctx.config();
+        let env = match crate::runtime::environment(cfg.runtime.ort_library.as_deref()) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = ctx
+                    .report(&json!({"model": {"error": e.to_string()}}))
+                    .await;
+                return Err(ModuleError::other(e));
+            }
+        };
+        let mut changes = ctx.config_changes();
+        changes.borrow_and_update();
+        // No traffic before a model passed verification.
+        let (mut swap, mut spec) = loop {
+            let cfg = ctx.config();
+            let spec = cfg.spec().map_err(ModuleError::Config)?;
+            match model::load(&env, &spec) {
+                Ok(s) => break (Swap::new(s, spec.version.clone(), SystemTime::now()), spec),
+                Err(e) => {
+                    warn!(version = %spec.version, error = %e, kind = e.kind(), "Model refused; waiting for a new twin.");
+                    let _ = ctx
+                        .report(&json!({"model": {"version": null, "candidate": CandidateStatus::Refused {
+                            version: spec.version.clone(), reason: e.to_string() }}}))
+                        .await;
+                    tokio::select! {
+                        () = ctx.stopped() => return Ok(()),
+                        r = changes.changed() => if r.is_err() { return Ok(()) },
+                    }
+                }
+            }
+        };
+        info!(version = %swap.live_version(), "Scoring.");
+        report(&ctx, &swap).await;
+        // The spec last tried as a candidate (shadowing, promoted or refused): not retried.
+        let mut tried: Option<ModelSpec> = None;
+        let mut input = ctx.input(INPUT);
+        loop {
+            tokio::select! {
+                () = ctx.stopped() => break,
+                r = changes.changed() => {
+                    if r.is_err() { break; }
+                    let cfg = changes.borrow_and_update().clone();
+                    let Ok(new) = cfg.spec() else { continue };
+                    if new == spec || tried.as_ref() == Some(&new) {
+                        continue;
+                    }
+                    tried = Some(new.clone());
+                    let status = match model::load(&env, &new) {
+                        Ok(s) => swap.offer(s, new.version.clone(), cfg.shadow_policy(), SystemTime::now()),
+                        Err(e) => swap.refuse(new.version.clone(), e.to_string()),
+                    };
+                    if matches!(status, CandidateStatus::Promoted { .. }) {
+                        spec = new;
+                    }
+                    info!(?status, "Candidate handled.");
+                    report(&ctx, &swap).await;
+                }
+                d = input.recv() => {
+                    let Some(first) = d else { break };
+                    let cfg = ctx.config();
+                    let batch = collect_batch(first, &mut input, cfg.batch).await;
+                    let promoted = process(&ctx, &mut swap, batch, cfg.top_contributors).await?;
+                    if let Some(changed) = promoted {
+                        if matches!(changed, CandidateStatus::Promoted { .. })
+                            && let Some(t) = &tried
+                        {
+                            spec = t.clone();
+                        }
+                        report(&ctx, &swap).await;
+                    } else if swap.candidate_version().is_some() {
+                        // Progress of the shadow, at most once per batch.
+                        report(&ctx, &swap).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn report(ctx: &ModuleContext<Config>, swap: &Swap<Scorer>) {
+    if let Err(e) = ctx.report(&report_of(swap)).await {
+        warn!(error = %e, "Could not report the model status.");
+    }
+}
+
+/// Takes `first` plus whatever else is queued, up to `bounds.max` messages, waiting at most
+/// `bounds.latency` after `first` for more.
+async fn collect_batch(
+    first: Delivery,
+    input: &mut edge_sdk::Input,
+    bounds: BatchConfig,
+) -> Vec<Delivery> {
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + bounds.latency;
+    while batch.len() < bounds.max {
+        // `timeout_at` polls the receiver before the deadline, so queued messages are taken
+        // even with a zero latency.
+        match tokio::time::timeout_at(deadline, input.recv()).await {
+            Ok(Some(d)) => batch.push(d),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// Scores one batch with the live model (and the candidate in shadow), sends one `scores`
+/// message per scored sample, then acknowledges every message of the batch. Returns the
+/// candidate's new status when it was promoted or refused.
+async fn process(
+    ctx: &ModuleContext<Config>,
+    swap: &mut Swap<Scorer>,
+    batch: Vec<Delivery>,
+    top_k: usize,
+) -> Result<Option<CandidateStatus>, ModuleError> {
+    let width = swap.live().width();
+    let mut rows = Vec::with_capacity(batch.len() * width);
+    let mut scored = Vec::with_capacity(batch.len());
+    for (i, d) in batch.iter().enumerate() {
+        match parse_features(&d.message.body, width) {
+            Ok(f) => {
+                rows.extend_from_slice(&f.x);
+                scored.push((i, f.identity));
+            }
+            Err(FeatureError::Invalid) => {}
+            Err(e) => warn!(input = INPUT, error = %e, "Message not scored."),
+        }
+    }
+    let mut outcome = None;
+    let mut out = Vec::with_capacity(scored.len());
+    if !scored.is_empty() {
+        let x = Array2::from_shape_vec((scored.len(), width), rows).map_err(ModuleError::other)?;
+        let scores = swap
+            .live_mut()
+            .score(x.view(), top_k)
+            .map_err(ModuleError::other)?;
+        let version = swap.live_version().to_string();
+        if let Some(cand) = swap.candidate_mut() {
+            let live_alarms: Vec<bool> = scores.iter().map(|s| s.alarm).collect();
+            let now = SystemTime::now();
+            outcome = match cand.score(x.view(), 0) {
+                Ok(c) => {
+                    let cand_alarms: Vec<bool> = c.iter().map(|s| s.alarm).collect();
+                    swap.observe(&live_alarms, &cand_alarms, now)
+                }
+                Err(e) => {
+                    let v = swap.candidate_version().unwrap_or_default().to_string();
+                    Some(swap.refuse(v, format!("candidate failed to score: {e}")))
+                }
+            };
+        }
+        for ((i, identity), s) in scored.iter().zip(&scores) {
+            out.push(score_message(
+                identity,
+                &version,
+                s,
+                &batch[*i].message.properties,
+            ));
+        }
+    }
+    for m in out {
+        ctx.send(OUTPUT, m).await?;
+    }
+    for d in batch {
+        d.ack().await?;
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pipeline_message_and_carries_identity() {
+        let body = json!({"runId": "d01", "sample": 7, "ts": "2026-01-01T00:00:00Z", "x": [1.0, 2.5, -3], "valid": true});
+        let f = parse_features(body.to_string().as_bytes(), 3).unwrap();
+        assert_eq!(f.x, vec![1.0, 2.5, -3.0]);
+        assert_eq!(
+            Value::Object(f.identity),
+            json!({"runId": "d01", "sample": 7, "ts": "2026-01-01T00:00:00Z"})
+        );
+    }
+
+    #[test]
+    fn rejects_bad_features() {
+        assert_eq!(
+            parse_features(br#"{"x":[1,2],"valid":false}"#, 2),
+            Err(FeatureError::Invalid)
+        );
+        assert!(matches!(
+            parse_features(b"nope", 2),
+            Err(FeatureError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_features(br#"[1,2]"#, 2),
+            Err(FeatureError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_features(br#"{"x":[1]}"#, 2),
+            Err(FeatureError::BadX { .. })
+        ));
+        assert!(matches!(
+            parse_features(br#"{"x":[1,"a"]}"#, 2),
+            Err(FeatureError::BadX { .. })
+        ));
+        assert!(matches!(
+            parse_features(br#"{"y":[1,2]}"#, 2),
+            Err(FeatureError::BadX { .. })
+        ));
+        assert!(matches!(
+            parse_features(br#"{"x":[1,1e400]}"#, 2),
+            Err(FeatureError::BadX { .. }) | Err(FeatureError::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn score_message_has_body_and_properties() {
+        let score = SampleScore {
+            t2: 30.0,
+            q: 1.0,
+            t2_limit: 25.0,
+            q_limit: 40.0,
+            t2_alarm: true,
+            q_alarm: false,
+            alarm: true,
+            top: vec![],
+        };
+        let mut id = Map::new();
+        id.insert("runId".into(), json!("d01"));
+        id.insert("sample".into(), json!(161));
+        let m = score_message(&id, "1.0.0", &score, &[("source".into(), "sim".into())]);
+        assert_eq!(m.property("alarm"), Some("true"));
+        assert_eq!(m.property("modelVersion"), Some("1.0.0"));
+        assert_eq!(m.property("source"), Some("sim"));
+        assert_eq!(m.system.get(SysProp::ContentType), Some("application/json"));
+        let v: Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(v["runId"], "d01");
+        assert_eq!(v["sample"], 161);
+        assert_eq!(v["modelVersion"], "1.0.0");
+        assert_eq!(v["t2Limit"], 25.0);
+        assert_eq!(v["alarm"], true);
+        assert_eq!(v["t2Alarm"], true);
+        assert_eq!(v["qAlarm"], false);
+    }
+
+    #[test]
+    fn config_parses_with_defaults_and_validates() {
+        let doc = json!({"model": {"uri": "file:///m/model.onnx", "sha256": "a".repeat(64), "version": "1"}});
+        let c: Config = edge_sdk::parse_config(&doc).unwrap();
+        assert_eq!(c.batch, BatchConfig::default());
+        assert_eq!(c.top_contributors, 3);
+        assert_eq!(c.shadow_policy(), ShadowPolicy::IMMEDIATE);
+        assert_eq!(c.spec().unwrap().path, PathBuf::from("/m/model.onnx"));
+
+        let doc = json!({"model": {"uri": "m.onnx", "sha256": "a".repeat(64), "version": "1",
+            "shadow": {"samples": 100, "maxDisagreement": 0.02}},
+            "batch": {"max": 256, "latency": "5ms"}, "runtime": {"ortLibrary": "/x/lib.so"}});
+        let c: Config = edge_sdk::parse_config(&doc).unwrap();
+        assert_eq!(c.batch.latency, Duration::from_millis(5));
+        assert_eq!(c.shadow_policy().samples, 100);
+
+        let bad = json!({"model": {"uri": "m.onnx", "sha256": "xyz", "version": "1"}});
+        assert!(
+            edge_sdk::parse_config::<Config>(&bad)
+                .unwrap_err()
+                .contains("model.sha256")
+        );
+        let bad =
+            json!({"model": {"uri": "http://x/m.onnx", "sha256": "a".repeat(64), "version": "1"}});
+        assert!(
+            edge_sdk::parse_config::<Config>(&bad)
+                .unwrap_err()
+                .contains("model.uri")
+        );
+        let bad = json!({"model": {"uri": "m.onnx", "sha256": "a".repeat(64), "version": "1"}, "batch": {"max": 0, "latency": "0s"}});
+        assert!(
+            edge_sdk::parse_config::<Config>(&bad)
+                .unwrap_err()
+                .contains("batch.max")
+        );
+    }
+}
