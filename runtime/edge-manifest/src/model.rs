@@ -144,12 +144,17 @@ pub struct Problem {
     pub message: String,
 }
 
+/// `line:col: pointer: message`; the position is left out when unknown, and the pointer when it
+/// is the document root (`""`).
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.position {
-            Some((l, c)) => write!(f, "{}:{}: {}: {}", l, c, self.pointer, self.message),
-            None => write!(f, "{}: {}", self.pointer, self.message),
+        if let Some((l, c)) = self.position {
+            write!(f, "{l}:{c}: ")?;
         }
+        if !self.pointer.is_empty() {
+            write!(f, "{}: ", self.pointer)?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -169,6 +174,52 @@ pub struct Notice {
 pub struct ManifestError {
     /// Where the text came from (a file path, `upstream`, …).
     pub source_name: String,
+    /// The deployment status this refusal maps to (the gravest of all problems).
+    pub code: DeploymentCode,
     /// All problems, in document order.
     pub problems: Vec<Problem>,
+}
+
+impl ManifestError {
+    /// Azure's `lastDesiredStatus.code` for this refusal: 400, 412 or 417.
+    #[must_use]
+    pub fn status_code(&self) -> u16 {
+        self.code.status_code()
+    }
+}
+
+/// Why a deployment was refused, as Azure's edgeAgent reports it in `lastDesiredStatus`.
+///
+/// Ordered by gravity: an empty configuration outranks a bad schema version, which outranks
+/// any other format problem (Azure checks in that order and reports the first that fails).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeploymentCode {
+    /// 400: the manifest is malformed or invalid.
+    ConfigFormatError,
+    /// 412: a `schemaVersion` is missing or not supported.
+    InvalidSchemaVersion,
+    /// 417: no manifest, or no `$edgeAgent` configuration in it.
+    ConfigEmptyError,
+}
+
+impl DeploymentCode {
+    /// The numeric status code (400, 412, 417).
+    #[must_use]
+    pub fn status_code(self) -> u16 {
+        match self {
+            DeploymentCode::ConfigFormatError => 400,
+            DeploymentCode::InvalidSchemaVersion => 412,
+            DeploymentCode::ConfigEmptyError => 417,
+        }
+    }
+
+    /// Azure's name for the code (`ConfigFormatError`, …).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentCode::ConfigFormatError => "ConfigFormatError",
+            DeploymentCode::InvalidSchemaVersion => "InvalidSchemaVersion",
+            DeploymentCode::ConfigEmptyError => "ConfigEmptyError",
+        }
+    }
 }
