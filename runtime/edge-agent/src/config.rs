@@ -91,6 +91,9 @@ pub struct AgentSetup {
     pub manifest_dir: PathBuf,
     /// Bare module binary names are looked up in these directories, in order.
     pub module_path: Vec<PathBuf>,
+    /// Variables every module gets (e.g. `EDGE_METRICS_ADDR`, `RUST_LOG`); a module's own
+    /// `env` entries override them, and the identity variables override both.
+    pub extra_env: Vec<(String, String)>,
 }
 
 #[cfg(test)]

@@ -82,6 +82,7 @@ fn setup(dir: &Path) -> AgentSetup {
         hub_addr: "127.0.0.1:18830".into(),
         manifest_dir: dir.to_owned(),
         module_path: vec![],
+        extra_env: vec![],
     }
 }
 

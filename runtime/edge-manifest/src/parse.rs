@@ -305,7 +305,13 @@ fn shown(v: &Value) -> String {
 }
 
 fn hex_sha256(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
+    sha256_hex(text.as_bytes())
+}
+
+/// Hex SHA-256 of `bytes` (how deployments are identified in history).
+#[must_use]
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
     let mut out = String::with_capacity(64);
     for b in digest {
         let _ = write!(out, "{b:02x}");

@@ -285,6 +285,11 @@ impl Agent {
             }
         }
         let s = &self.setup;
+        for (k, v) in &s.extra_env {
+            if !env.iter().any(|(ek, _)| ek == k) {
+                env.push((k.clone(), v.clone()));
+            }
+        }
         env.extend([
             ("IOTEDGE_DEVICEID".into(), s.device_id.clone()),
             ("IOTEDGE_MODULEID".into(), id.to_string()),

@@ -55,6 +55,7 @@ fn setup(dir: &Path) -> AgentSetup {
         hub_addr: "127.0.0.1:1883".into(),
         manifest_dir: dir.to_owned(),
         module_path: vec![],
+        extra_env: vec![],
     }
 }
 

@@ -1,0 +1,379 @@
+//! Wiring: config → hub → agent → management API, `/metrics`, the deployment file watcher, and
+//! the shutdown sequence (modules first, in reverse startup order, then the hub, which syncs
+//! its store last).
+
+use crate::config::EdgedConfig;
+use crate::{http, mgmt};
+use anyhow::{Context, Result};
+use clap::Parser;
+use edge_agent::{Agent, AgentSetup, HubSeam, TokioRunner};
+use edge_core::identity::IdentityRegistry;
+use edge_hub::{Hub, HubConfig};
+use edge_manifest::Deployment;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(name = "edged", version, about = "The edge daemon: agent and hub in one process")]
+pub struct Cli {
+    /// The deployment manifest (overrides the config file).
+    #[arg(long)]
+    deployment: Option<PathBuf>,
+    /// The data directory (overrides the config file).
+    #[arg(long, env = "EDGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A config file (TOML or JSON).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML-like JSON and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// Sets up `tracing` to stderr (`RUST_LOG`, default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs edged until SIGTERM/SIGINT.
+///
+/// # Errors
+/// Startup failures (config, data dir, ports); they name what failed.
+pub fn main(cli: Cli) -> Result<()> {
+    let mut cfg = EdgedConfig::load(cli.config.as_deref()).context("invalid configuration")?;
+    if let Some(d) = cli.deployment {
+        cfg.deployment = d;
+    }
+    if let Some(d) = cli.data_dir {
+        cfg.data_dir = d;
+    }
+    if cli.print_config {
+        let text = serde_json::to_string_pretty(&cfg)?;
+        std::io::Write::write_all(&mut std::io::stdout(), format!("{text}\n").as_bytes())?;
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cfg))
+}
+
+/// Bridges the agent to the hub.
+struct HubBridge {
+    hub: Hub,
+    last_agent_report: Mutex<serde_json::Value>,
+}
+
+impl HubSeam for HubBridge {
+    fn apply(&self, d: &Deployment) -> Result<(), String> {
+        self.hub
+            .apply_deployment(&d.routes, &d.store_and_forward, &d.twins)
+            .map_err(|e| e.to_string())
+    }
+
+    fn last_heartbeat(&self, module: &str) -> Option<std::time::Instant> {
+        self.hub.last_heartbeat(module)
+    }
+
+    fn report_agent_state(&self, reported: serde_json::Value) {
+        let patch = {
+            let mut last = self
+                .last_agent_report
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let patch = edge_core::json::diff(&last, &reported);
+            *last = reported;
+            patch
+        };
+        if let Err(e) = self.hub.patch_reported("$edgeAgent", patch) {
+            warn!(error = %e, "Could not store $edgeAgent reported properties.");
+        }
+    }
+}
+
+/// Metrics about the agent, refreshed at each scrape.
+struct AgentMetrics {
+    status: IntGaugeVec,
+    restarts: IntCounterVec,
+    heartbeat_age: prometheus::GaugeVec,
+}
+
+impl AgentMetrics {
+    fn register(r: &Registry) -> Result<Self> {
+        let status = IntGaugeVec::new(
+            Opts::new("edgeagent_module_status", "1 for the module's current runtime status"),
+            &["module", "status"],
+        )?;
+        let restarts = IntCounterVec::new(
+            Opts::new("edgeagent_module_restarts_total", "Restarts of a module since its restart count was last reset"),
+            &["module"],
+        )?;
+        let heartbeat_age = prometheus::GaugeVec::new(
+            Opts::new("edgehub_module_heartbeat_age_seconds", "Seconds since the module's last MQTT packet"),
+            &["module"],
+        )?;
+        r.register(Box::new(status.clone()))?;
+        r.register(Box::new(restarts.clone()))?;
+        r.register(Box::new(heartbeat_age.clone()))?;
+        Ok(Self {
+            status,
+            restarts,
+            heartbeat_age,
+        })
+    }
+
+    fn refresh(&self, agent: &Agent, hub: &Hub) {
+        self.status.reset();
+        self.heartbeat_age.reset();
+        for m in agent.list() {
+            self.status
+                .with_label_values(&[m.name.as_str(), m.status.as_str()])
+                .set(1);
+            let c = self.restarts.with_label_values(&[m.name.as_str()]);
+            let want = u64::from(m.restarts);
+            if want > c.get() {
+                c.inc_by(want - c.get());
+            }
+            if let Some(t) = hub.last_heartbeat(&m.name) {
+                self.heartbeat_age
+                    .with_label_values(&[m.name.as_str()])
+                    .set(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
+/// Reads and applies the deployment file; on a bad file, records the refusal and (at start)
+/// falls back to the last good deployment.
+pub fn apply_file(agent: &Agent, path: &Path, at_start: bool) -> Result<(), Vec<String>> {
+    let source = path.display().to_string();
+    match edge_manifest::parse_file(path) {
+        Ok((d, notices)) => {
+            for n in notices {
+                info!(pointer = %n.pointer, "{}", n.message);
+            }
+            agent
+                .deploy(d, &source)
+                .map(|o| info!(outcome = ?o, "Deployment applied."))
+                .map_err(|e| vec![e.to_string()])
+        }
+        Err(e) => {
+            let problems: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+            for p in &problems {
+                error!(file = %source, "{p}");
+            }
+            agent.record_refused(
+                &edge_core_hash(path),
+                &source,
+                e.status_code(),
+                &problems,
+            );
+            if at_start {
+                if let Some(good) = agent.last_good() {
+                    warn!("Deployment file refused; running the last good deployment.");
+                    let _ = agent.deploy(good, "last-good");
+                }
+            }
+            Err(problems)
+        }
+    }
+}
+
+fn edge_core_hash(path: &Path) -> String {
+    std::fs::read(path).map_or_else(|_| String::new(), |b| edge_manifest::sha256_hex(&b))
+}
+
+async fn run(cfg: EdgedConfig) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let registry = Registry::new();
+    let identities = IdentityRegistry::new();
+    let hub_cancel = CancellationToken::new();
+    let agent_cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let mut hub_cfg = HubConfig::new(
+        edge_core::DeviceId::new(cfg.device_id.clone())?,
+        cfg.iothub_hostname.clone(),
+        cfg.data_dir.join("hub"),
+    );
+    hub_cfg.listen = cfg.hub.listen;
+    hub_cfg.gateway_hostname.clone_from(&cfg.gateway_hostname);
+    hub_cfg.max_inflight = cfg.hub.max_inflight;
+    hub_cfg.max_message_bytes = cfg.hub.max_message_bytes;
+    hub_cfg.method_timeout = cfg.hub.method_timeout;
+    hub_cfg.store.fsync = cfg.hub.fsync;
+    let hub = Hub::start(hub_cfg, identities.clone(), &registry, hub_cancel.clone(), &tracker)
+        .await
+        .context("cannot start the hub")?;
+    let hub_addr = hub.local_addr();
+    info!(%hub_addr, "Hub listening.");
+
+    let mut module_path = cfg.module_path.clone();
+    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned)) {
+        module_path.push(dir);
+    }
+    let manifest_dir = cfg
+        .deployment
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned))
+        .unwrap_or_else(|| PathBuf::from("."));
+
+    let agent_metrics = Arc::new(AgentMetrics::register(&registry)?);
+    let metrics_addr = if cfg.metrics.enabled {
+        // The scrape closure needs the agent, which needs the metrics address: fill it in after.
+        Some(cfg.metrics.listen)
+    } else {
+        None
+    };
+    let agent_cell: Arc<std::sync::OnceLock<Arc<Agent>>> = Arc::new(std::sync::OnceLock::new());
+    let metrics_bound = match metrics_addr {
+        Some(addr) => {
+            let cell = agent_cell.clone();
+            let m = agent_metrics.clone();
+            let h = hub.clone();
+            Some(
+                http::serve(
+                    addr,
+                    registry.clone(),
+                    move || {
+                        if let Some(a) = cell.get() {
+                            m.refresh(a, &h);
+                        }
+                    },
+                    hub_cancel.clone(),
+                    &tracker,
+                )
+                .await
+                .with_context(|| format!("cannot listen for /metrics on {addr}"))?,
+            )
+        }
+        None => None,
+    };
+
+    let mut extra_env = vec![];
+    if let Some(a) = metrics_bound {
+        extra_env.push(("EDGE_METRICS_ADDR".to_owned(), a.to_string()));
+    }
+    if let Ok(v) = std::env::var("RUST_LOG") {
+        extra_env.push(("RUST_LOG".to_owned(), v));
+    }
+    if let Ok(v) = std::env::var("ORT_DYLIB_PATH") {
+        extra_env.push(("ORT_DYLIB_PATH".to_owned(), v));
+    }
+    let setup = AgentSetup {
+        data_dir: cfg.data_dir.clone(),
+        device_id: cfg.device_id.clone(),
+        iothub_hostname: cfg.iothub_hostname.clone(),
+        gateway_hostname: cfg.gateway_hostname.clone(),
+        hub_addr: hub_addr.to_string(),
+        manifest_dir,
+        module_path,
+        extra_env,
+    };
+    let bridge = Arc::new(HubBridge {
+        hub: hub.clone(),
+        last_agent_report: Mutex::new(serde_json::json!({})),
+    });
+    let agent = Agent::new(
+        setup,
+        cfg.agent.clone(),
+        Arc::new(TokioRunner::new()),
+        bridge,
+        identities,
+    )
+    .context("cannot start the agent")?;
+    let _ = agent_cell.set(agent.clone());
+
+    let _ = apply_file(&agent, &cfg.deployment, true);
+
+    let socket = mgmt::serve(
+        &cfg.data_dir,
+        agent.clone(),
+        hub.clone(),
+        hub_cancel.clone(),
+        &tracker,
+    )
+    .context("cannot open the management socket")?;
+    info!(socket = %socket.display(), "Management API listening.");
+
+    tracker.spawn(watch_deployment(
+        agent.clone(),
+        cfg.deployment.clone(),
+        cfg.watch_interval,
+        agent_cancel.clone(),
+    ));
+
+    let endpoints = serde_json::json!({
+        "hub": hub_addr.to_string(),
+        "metrics": metrics_bound.map(|a| a.to_string()),
+        "pid": std::process::id(),
+    });
+    let tmp = cfg.data_dir.join("endpoints.json.tmp");
+    std::fs::write(&tmp, endpoints.to_string())?;
+    std::fs::rename(&tmp, cfg.data_dir.join("endpoints.json"))?;
+
+    let agent_run = tokio::spawn(agent.clone().run(agent_cancel.clone()));
+    shutdown_signal().await;
+    info!("Stopping modules.");
+    agent_cancel.cancel();
+    match tokio::time::timeout(cfg.shutdown_grace + Duration::from_secs(5), agent_run).await {
+        Ok(Ok(reason)) => info!(?reason, "Modules stopped."),
+        Ok(Err(e)) => error!(error = %e, "Agent task failed."),
+        Err(_) => warn!("Modules did not stop within the grace time."),
+    }
+    info!("Stopping the hub.");
+    hub_cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("Some tasks did not stop within 10 s.");
+    }
+    let _ = std::fs::remove_file(cfg.data_dir.join("endpoints.json"));
+    info!("Stopped.");
+    Ok(())
+}
+
+async fn watch_deployment(agent: Arc<Agent>, path: PathBuf, every: Duration, cancel: CancellationToken) {
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let now = std::fs::read(&path).ok();
+        if now.is_some() && now != last {
+            info!(file = %path.display(), "Deployment file changed.");
+            last = now;
+            let _ = apply_file(&agent, &path, false);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        warn!("Cannot install signal handlers; waiting forever.");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received."),
+        _ = int.recv() => info!("SIGINT received."),
+    }
+}
