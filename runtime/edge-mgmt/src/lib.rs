@@ -160,7 +160,9 @@ pub async fn call(
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_string(request).map_err(ClientError::Protocol)?;
     line.push('\n');
-    w.write_all(line.as_bytes()).await.map_err(ClientError::Io)?;
+    w.write_all(line.as_bytes())
+        .await
+        .map_err(ClientError::Io)?;
     let mut lines = BufReader::new(r).lines();
     while let Some(l) = lines.next_line().await.map_err(ClientError::Io)? {
         let resp: Response = serde_json::from_str(&l).map_err(ClientError::Protocol)?;

@@ -15,7 +15,12 @@ const EXIT_INVALID: u8 = 64;
 #[command(name = "edgectl", version, about = "Operate an edged edge runtime")]
 pub struct Cli {
     /// edged's data directory (where its management socket lives).
-    #[arg(long, env = "EDGE_DATA_DIR", default_value = "/var/lib/edged", global = true)]
+    #[arg(
+        long,
+        env = "EDGE_DATA_DIR",
+        default_value = "/var/lib/edged",
+        global = true
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -118,17 +123,25 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             tail,
         } => {
             let mut failed = None;
-            call(&sock, &Request::Logs { module, tail, follow }, |r| match r {
-                Response::LogLine { line } => {
-                    out(&line);
-                    true
-                }
-                Response::Error { message, .. } => {
-                    failed = Some(message);
-                    false
-                }
-                _ => true,
-            })
+            call(
+                &sock,
+                &Request::Logs {
+                    module,
+                    tail,
+                    follow,
+                },
+                |r| match r {
+                    Response::LogLine { line } => {
+                        out(&line);
+                        true
+                    }
+                    Response::Error { message, .. } => {
+                        failed = Some(message);
+                        false
+                    }
+                    _ => true,
+                },
+            )
             .await?;
             if let Some(m) = failed {
                 bail!(m);
@@ -238,10 +251,15 @@ fn human_secs(s: u64) -> String {
 }
 
 fn check(file: &Path, mut module_path: Vec<PathBuf>) -> Result<ExitCode> {
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned))
+    {
         module_path.push(dir);
     }
-    let dir = file.parent().map_or_else(|| PathBuf::from("."), Path::to_owned);
+    let dir = file
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned);
     match edge_manifest::parse_file(file) {
         Err(e) => {
             eprintln!("{}: {} problem(s):", file.display(), e.problems.len());
@@ -334,7 +352,11 @@ fn route_eval(route: &str, message: &Path) -> Result<ExitCode> {
     }
     out(&format!(
         "source {}",
-        if ex.source_matched { "matches" } else { "does not match" }
+        if ex.source_matched {
+            "matches"
+        } else {
+            "does not match"
+        }
     ));
     out(&format!("result: {}", ex.result));
     out(&format!("sink: {:?}", ex.sink));

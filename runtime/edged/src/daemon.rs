@@ -20,7 +20,11 @@ use tracing::{error, info, warn};
 
 /// Command line.
 #[derive(Debug, Parser)]
-#[command(name = "edged", version, about = "The edge daemon: agent and hub in one process")]
+#[command(
+    name = "edged",
+    version,
+    about = "The edge daemon: agent and hub in one process"
+)]
 pub struct Cli {
     /// The deployment manifest (overrides the config file).
     #[arg(long)]
@@ -113,15 +117,24 @@ struct AgentMetrics {
 impl AgentMetrics {
     fn register(r: &Registry) -> Result<Self> {
         let status = IntGaugeVec::new(
-            Opts::new("edgeagent_module_status", "1 for the module's current runtime status"),
+            Opts::new(
+                "edgeagent_module_status",
+                "1 for the module's current runtime status",
+            ),
             &["module", "status"],
         )?;
         let restarts = IntCounterVec::new(
-            Opts::new("edgeagent_module_restarts_total", "Restarts of a module since its restart count was last reset"),
+            Opts::new(
+                "edgeagent_module_restarts_total",
+                "Restarts of a module since its restart count was last reset",
+            ),
             &["module"],
         )?;
         let heartbeat_age = prometheus::GaugeVec::new(
-            Opts::new("edgehub_module_heartbeat_age_seconds", "Seconds since the module's last MQTT packet"),
+            Opts::new(
+                "edgehub_module_heartbeat_age_seconds",
+                "Seconds since the module's last MQTT packet",
+            ),
             &["module"],
         )?;
         r.register(Box::new(status.clone()))?;
@@ -174,12 +187,7 @@ pub fn apply_file(agent: &Agent, path: &Path, at_start: bool) -> Result<(), Vec<
             for p in &problems {
                 error!(file = %source, "{p}");
             }
-            agent.record_refused(
-                &edge_core_hash(path),
-                &source,
-                e.status_code(),
-                &problems,
-            );
+            agent.record_refused(&edge_core_hash(path), &source, e.status_code(), &problems);
             if at_start {
                 if let Some(good) = agent.last_good() {
                     warn!("Deployment file refused; running the last good deployment.");
@@ -215,14 +223,23 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
     hub_cfg.max_message_bytes = cfg.hub.max_message_bytes;
     hub_cfg.method_timeout = cfg.hub.method_timeout;
     hub_cfg.store.fsync = cfg.hub.fsync;
-    let hub = Hub::start(hub_cfg, identities.clone(), &registry, hub_cancel.clone(), &tracker)
-        .await
-        .context("cannot start the hub")?;
+    let hub = Hub::start(
+        hub_cfg,
+        identities.clone(),
+        &registry,
+        hub_cancel.clone(),
+        &tracker,
+    )
+    .await
+    .context("cannot start the hub")?;
     let hub_addr = hub.local_addr();
     info!(%hub_addr, "Hub listening.");
 
     let mut module_path = cfg.module_path.clone();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned))
+    {
         module_path.push(dir);
     }
     let manifest_dir = cfg
@@ -349,7 +366,12 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
     Ok(())
 }
 
-async fn watch_deployment(agent: Arc<Agent>, path: PathBuf, every: Duration, cancel: CancellationToken) {
+async fn watch_deployment(
+    agent: Arc<Agent>,
+    path: PathBuf,
+    every: Duration,
+    cancel: CancellationToken,
+) {
     let mut last = std::fs::read(&path).ok();
     loop {
         tokio::select! {
@@ -367,7 +389,10 @@ async fn watch_deployment(agent: Arc<Agent>, path: PathBuf, every: Duration, can
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("Cannot install signal handlers; waiting forever.");
         std::future::pending::<()>().await;
         return;

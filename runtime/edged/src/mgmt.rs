@@ -174,7 +174,13 @@ async fn stream_log(
     let lines: Vec<&str> = text.lines().collect();
     let start = tail.map_or(0, |n| lines.len().saturating_sub(n));
     for l in &lines[start..] {
-        send(w, &Response::LogLine { line: (*l).to_owned() }).await?;
+        send(
+            w,
+            &Response::LogLine {
+                line: (*l).to_owned(),
+            },
+        )
+        .await?;
     }
     if !follow {
         return Ok(());
@@ -203,7 +209,13 @@ async fn stream_log(
         partial.push_str(&buf);
         while let Some(i) = partial.find('\n') {
             let line: String = partial.drain(..=i).collect();
-            send(w, &Response::LogLine { line: line.trim_end().to_owned() }).await?;
+            send(
+                w,
+                &Response::LogLine {
+                    line: line.trim_end().to_owned(),
+                },
+            )
+            .await?;
         }
     }
 }
