@@ -59,6 +59,7 @@ pub mod model;
 pub mod module;
 pub mod runtime;
 pub mod scorer;
+pub mod stats;
 pub mod swap;
 
 pub use model::{Metadata, ModelError, ModelSpec, load};

@@ -3,6 +3,7 @@
 
 use crate::model::{self, ModelSpec};
 use crate::scorer::{SampleScore, Scorer};
+use crate::stats::ScoringStats;
 use crate::swap::{CandidateStatus, ShadowPolicy, Swap};
 use edge_sdk::{Delivery, Message, Module, ModuleConfig, ModuleContext, ModuleError, SysProp};
 use ndarray::Array2;
@@ -297,9 +298,19 @@ impl Module for OnnxScoring {
         // The spec last tried as a candidate (shadowing, promoted or refused): not retried.
         let mut tried: Option<ModelSpec> = None;
         let mut input = ctx.input(INPUT);
+        let mut stats = ScoringStats::default();
+        let mut report_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = ctx.stopped() => break,
+                _ = report_tick.tick() => {
+                    if let Some(r) = stats.take_report()
+                        && let Err(e) = ctx.report(&r).await
+                    {
+                        warn!(error = %e, "Could not report scoring statistics.");
+                    }
+                }
                 r = changes.changed() => {
                     if r.is_err() { break; }
                     let cfg = changes.borrow_and_update().clone();
@@ -322,7 +333,7 @@ impl Module for OnnxScoring {
                     let Some(first) = d else { break };
                     let cfg = ctx.config();
                     let batch = collect_batch(first, &mut input, cfg.batch).await;
-                    let promoted = process(&ctx, &mut swap, batch, cfg.top_contributors).await?;
+                    let promoted = process(&ctx, &mut swap, &mut stats, batch, cfg.top_contributors).await?;
                     if let Some(changed) = promoted {
                         if matches!(changed, CandidateStatus::Promoted { .. })
                             && let Some(t) = &tried
@@ -336,6 +347,9 @@ impl Module for OnnxScoring {
                     }
                 }
             }
+        }
+        if let Some(r) = stats.take_report() {
+            let _ = ctx.report(&r).await;
         }
         Ok(())
     }
@@ -373,6 +387,7 @@ async fn collect_batch(
 async fn process(
     ctx: &ModuleContext<Config>,
     swap: &mut Swap<Scorer>,
+    stats: &mut ScoringStats,
     batch: Vec<Delivery>,
     top_k: usize,
 ) -> Result<Option<CandidateStatus>, ModuleError> {
@@ -413,6 +428,7 @@ async fn process(
             };
         }
         for ((i, identity), s) in scored.iter().zip(&scores) {
+            stats.record(identity, s);
             out.push(score_message(
                 identity,
                 &version,

@@ -86,6 +86,8 @@ enum Command {
     },
     /// Hub queues and counters.
     Stats,
+    /// A live view: modules, routes, queues, the model's latest scores, DCS writes, health.
+    Top(crate::top::TopArgs),
     /// Route debugging, offline.
     #[command(subcommand)]
     Route(RouteCommand),
@@ -183,6 +185,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Twin { module } => json_cmd(&sock, &Request::Twin { module }).await,
         Command::Stats => json_cmd(&sock, &Request::Stats).await,
+        Command::Top(args) => crate::top::run(&sock, args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Route(RouteCommand::Check { route }) => Ok(route_check(&route)),
         Command::Route(RouteCommand::Eval { route, message }) => route_eval(&route, &message),
     }

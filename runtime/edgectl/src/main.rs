@@ -4,6 +4,7 @@
 //! `{data_dir}/edged.sock`.
 
 mod commands;
+mod top;
 
 use clap::Parser;
 use std::process::ExitCode;

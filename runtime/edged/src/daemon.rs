@@ -270,6 +270,8 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
                         if let Some(a) = cell.get() {
                             m.refresh(a, &h);
                         }
+                        // Refreshes the hub's queue gauges.
+                        let _ = h.stats();
                     },
                     hub_cancel.clone(),
                     &tracker,
