@@ -6,6 +6,7 @@
 #   scripts/demo.sh            # the whole TEP test set (22 runs)
 #   DEMO_RUNS="d00_te d01_te d06_te" scripts/demo.sh     # a shorter replay
 #   DEMO_PROFILE=dev scripts/demo.sh                     # use the debug build (the smoke test does)
+#   DEMO_SKIP_BUILD=1, DEMO_DIR=DIR, DEMO_SECONDS=N      # (the smoke test sets these too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,8 +16,10 @@ source .venv/env.sh
 
 PROFILE=${DEMO_PROFILE:-release}
 if [ "$PROFILE" = release ]; then BIN=$ROOT/target/release; else BIN=$ROOT/target/debug; fi
-echo "[demo] building ($PROFILE)..." >&2
-cargo build --profile "$PROFILE" --workspace --bins --locked -q
+if [ -z "${DEMO_SKIP_BUILD:-}" ]; then
+    echo "[demo] building ($PROFILE)..." >&2
+    cargo build --profile "$PROFILE" --workspace --bins --locked -q
+fi
 
 DEMO=${DEMO_DIR:-$ROOT/.demo}
 rm -rf "$DEMO"; mkdir -p "$DEMO/data"
