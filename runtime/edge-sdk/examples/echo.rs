@@ -27,7 +27,10 @@ impl Module for Echo {
     type Config = Config;
 
     async fn run(self, ctx: ModuleContext<Config>) -> Result<(), ModuleError> {
-        ctx.on_method("ping", |payload| async move { Ok(json!({"pong": payload})) });
+        ctx.on_method(
+            "ping",
+            |payload| async move { Ok(json!({"pong": payload})) },
+        );
         let mut input = ctx.input("in");
         while let Some(d) = ctx.next(&mut input).await {
             let mut out = d.message.clone();

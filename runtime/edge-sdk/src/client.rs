@@ -157,7 +157,11 @@ fn credentials(env: &ModuleEnv, ttl: Duration) -> (String, String) {
         "{}/{}/{}/?api-version=2021-04-12",
         env.iothub_hostname, env.device_id, env.module_id
     );
-    let uri = module_uri(&env.iothub_hostname, env.device_id.as_str(), env.module_id.as_str());
+    let uri = module_uri(
+        &env.iothub_hostname,
+        env.device_id.as_str(),
+        env.module_id.as_str(),
+    );
     (user, make_token(&env.key, &uri, now_secs() + ttl.as_secs()))
 }
 
@@ -206,7 +210,10 @@ impl ModuleClient {
         });
         let client = Self { inner };
         let c = client.clone();
-        client.inner.tracker.spawn(async move { c.drive(eventloop).await });
+        client
+            .inner
+            .tracker
+            .spawn(async move { c.drive(eventloop).await });
         Ok(client)
     }
 
@@ -343,7 +350,11 @@ impl ModuleClient {
     pub async fn get_twin(&self) -> Result<Value, TwinError> {
         let rid = self.next_rid();
         let (status, body) = self
-            .request(rid.clone(), topic::twin_get_topic(&rid), Bytes::from_static(b" "))
+            .request(
+                rid.clone(),
+                topic::twin_get_topic(&rid),
+                Bytes::from_static(b" "),
+            )
             .await?;
         if status >= 300 {
             return Err(TwinError::Status(status));
@@ -381,7 +392,10 @@ impl ModuleClient {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         if !all_acked {
-            warn!(unacked = self.unacked(), "Stopped with messages the hub did not acknowledge.");
+            warn!(
+                unacked = self.unacked(),
+                "Stopped with messages the hub did not acknowledge."
+            );
         }
         all_acked
     }
@@ -390,7 +404,12 @@ impl ModuleClient {
         self.inner.rid.fetch_add(1, Ordering::Relaxed).to_string()
     }
 
-    async fn request(&self, rid: String, topic: String, body: Bytes) -> Result<(u16, Bytes), TwinError> {
+    async fn request(
+        &self,
+        rid: String,
+        topic: String,
+        body: Bytes,
+    ) -> Result<(u16, Bytes), TwinError> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .twin_waiters
@@ -478,7 +497,10 @@ impl ModuleClient {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     if ack.code == rumqttc::ConnectReturnCode::Success {
-                        info!(session_present = ack.session_present, "Connected to the hub.");
+                        info!(
+                            session_present = ack.session_present,
+                            "Connected to the hub."
+                        );
                         backoff = Duration::from_millis(100);
                         was_connected = true;
                         self.inner.connected.send_replace(true);
@@ -486,9 +508,12 @@ impl ModuleClient {
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    let _ = self.inner.unacked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        n.checked_sub(1)
-                    });
+                    let _ =
+                        self.inner
+                            .unacked
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                n.checked_sub(1)
+                            });
                     self.inner.acked.notify_waiters();
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => self.dispatch(p).await,
@@ -539,7 +564,10 @@ impl ModuleClient {
         self.inner.tracker.spawn(async move {
             let env = &me.inner.env;
             let filters = [
-                format!("devices/{}/modules/{}/inputs/#", env.device_id, env.module_id),
+                format!(
+                    "devices/{}/modules/{}/inputs/#",
+                    env.device_id, env.module_id
+                ),
                 "$iothub/methods/POST/#".to_owned(),
                 "$iothub/twin/PATCH/properties/desired/#".to_owned(),
                 "$iothub/twin/res/#".to_owned(),
@@ -559,7 +587,8 @@ impl ModuleClient {
 
     async fn dispatch(&self, p: Publish) {
         let env = &self.inner.env;
-        let parsed = topic::parse_outbound(&p.topic, env.device_id.as_str(), env.module_id.as_str());
+        let parsed =
+            topic::parse_outbound(&p.topic, env.device_id.as_str(), env.module_id.as_str());
         match parsed {
             Ok(Outbound::Input { input, mut msg }) => {
                 msg.body = p.payload.clone();
@@ -628,8 +657,14 @@ impl ModuleClient {
                 };
                 self.inner.tracker.spawn(async move {
                     let (status, body) = match (handler, payload) {
-                        (_, Err(e)) => (400, serde_json::json!({"error": format!("payload is not JSON: {e}")})),
-                        (None, _) => (404, serde_json::json!({"error": format!("no method `{name}`")})),
+                        (_, Err(e)) => (
+                            400,
+                            serde_json::json!({"error": format!("payload is not JSON: {e}")}),
+                        ),
+                        (None, _) => (
+                            404,
+                            serde_json::json!({"error": format!("no method `{name}`")}),
+                        ),
                         (Some(h), Ok(v)) => match h(v).await {
                             Ok(v) => (200, v),
                             Err(e) => (e.status, serde_json::json!({"error": e.message})),

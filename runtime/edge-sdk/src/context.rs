@@ -32,7 +32,11 @@ impl<C> std::fmt::Debug for ModuleContext<C> {
 impl<C: ModuleConfig> ModuleContext<C> {
     /// Builds a context (used by [`crate::run`]; also handy in tests).
     #[must_use]
-    pub fn new(client: ModuleClient, config: watch::Receiver<Arc<C>>, stop: CancellationToken) -> Self {
+    pub fn new(
+        client: ModuleClient,
+        config: watch::Receiver<Arc<C>>,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             client,
             config,
@@ -86,7 +90,10 @@ impl<C: ModuleConfig> ModuleContext<C> {
         if let Some(i) = self.client.input(name) {
             return i;
         }
-        warn!(input = name, "Input requested twice; the second receiver gets nothing.");
+        warn!(
+            input = name,
+            "Input requested twice; the second receiver gets nothing."
+        );
         let (_tx, rx) = tokio::sync::mpsc::channel(1);
         Input::from_receiver(rx)
     }
@@ -159,8 +166,12 @@ fn version_of(v: &Value) -> Option<u64> {
 
 async fn report_config(client: &ModuleClient, desired: &Value, error: Option<&str>) {
     let status = match error {
-        None => json!({"configStatus": {"status": "ok", "desiredVersion": version_of(desired), "error": null}}),
-        Some(e) => json!({"configStatus": {"status": "rejected", "desiredVersion": version_of(desired), "error": e}}),
+        None => {
+            json!({"configStatus": {"status": "ok", "desiredVersion": version_of(desired), "error": null}})
+        }
+        Some(e) => {
+            json!({"configStatus": {"status": "rejected", "desiredVersion": version_of(desired), "error": e}})
+        }
     };
     if let Err(e) = client.patch_reported(&status).await {
         warn!(error = %e, "Could not report the config status.");
@@ -285,7 +296,10 @@ pub async fn run_with_client<M: Module>(
 
 async fn wait_for_signal(stop: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("Cannot install signal handlers.");
         return;
     };

@@ -79,9 +79,15 @@ impl ModuleEnv {
         let mut v = vec![
             ("IOTEDGE_DEVICEID".into(), self.device_id.to_string()),
             ("IOTEDGE_MODULEID".into(), self.module_id.to_string()),
-            ("IOTEDGE_IOTHUBHOSTNAME".into(), self.iothub_hostname.clone()),
+            (
+                "IOTEDGE_IOTHUBHOSTNAME".into(),
+                self.iothub_hostname.clone(),
+            ),
             ("EDGE_HUB_ADDR".into(), self.hub_addr.clone()),
-            ("EDGE_MODULE_KEY".into(), self.key.expose_base64().to_owned()),
+            (
+                "EDGE_MODULE_KEY".into(),
+                self.key.expose_base64().to_owned(),
+            ),
         ];
         if let Some(d) = &self.data_dir {
             v.push(("EDGE_MODULE_DATA_DIR".into(), d.display().to_string()));
