@@ -191,7 +191,11 @@ impl ModuleClient {
             .set_manual_acks(true)
             .set_inflight(opts.inflight)
             .set_max_packet_size(256 * 1024 + 4096, 256 * 1024 + 4096);
-        let (mqtt, eventloop) = AsyncClient::new(mo, opts.max_buffered + 256);
+        let (mqtt, mut eventloop) = AsyncClient::new(mo, opts.max_buffered + 256);
+        // Small packets (PUBACKs, pings) must not wait for Nagle's algorithm.
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         let inner = Arc::new(Inner {
             env,
             opts,

@@ -1,0 +1,414 @@
+//! The store actor: the one blocking thread that owns the durable [`Store`].
+//!
+//! `edge-store` is synchronous, so the hub runs it on a single blocking thread (spawned on the
+//! hub's `TaskTracker`) and talks to it through a bounded command channel. Commands are served
+//! in arrival order; an append batch ends with one `sync()` (the group commit), acks are
+//! buffered and made durable by the next sync (an append batch, the periodic sweep, or
+//! shutdown). After each burst of commands the thread publishes a [`Snapshot`] of the queues
+//! so [`crate::Hub::stats`] can answer without waiting for the thread.
+//!
+//! # Invariants
+//! - Only this thread touches the [`Store`]; every other task holds a [`StoreClient`].
+//! - A reply to an append batch is sent only after the batch was synced (or the sync failed,
+//!   which the reply says).
+//! - The thread exits after [`StoreClient::shutdown`] (final sync) or when every client is gone.
+
+use bytes::Bytes;
+use edge_store::{Entry, QueueKey, RecoveryReport, Store, StoreConfig, StoreError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::{mpsc, oneshot};
+
+/// A queue: endpoint name and priority (0 highest).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct QKey {
+    /// `module/<m>/inputs/<i>` or `$upstream`.
+    pub endpoint: String,
+    /// 0 (highest) to 9.
+    pub priority: u8,
+}
+
+impl QKey {
+    fn to_store(&self) -> QueueKey {
+        QueueKey {
+            endpoint: self.endpoint.clone(),
+            priority: self.priority,
+        }
+    }
+
+    fn from_store(k: &QueueKey) -> Self {
+        Self {
+            endpoint: k.endpoint.clone(),
+            priority: k.priority,
+        }
+    }
+}
+
+/// One entry read back from a queue.
+#[derive(Debug, Clone)]
+pub(crate) struct QEntry {
+    pub key: QKey,
+    pub seq: u64,
+    pub payload: Bytes,
+}
+
+/// What a read returned.
+#[derive(Debug, Default)]
+pub(crate) struct ReadResult {
+    /// Live entries, highest priority first, in sequence order per queue.
+    pub entries: Vec<QEntry>,
+    /// Corrupt records found and skipped (acked) on the way.
+    pub corrupt: u64,
+}
+
+/// One append of a batch.
+#[derive(Debug, Clone)]
+pub(crate) struct AppendReq {
+    pub key: QKey,
+    pub expires_at_ms: u64,
+    pub payload: Bytes,
+}
+
+/// Why one append failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AppendFailure {
+    /// The quota is reached.
+    Full,
+    /// The store refused or failed; the text is the error chain.
+    Failed(String),
+}
+
+/// The result of an append batch.
+#[derive(Debug)]
+pub(crate) struct AppendOutcome {
+    /// One result per request, in order: the sequence number or why not.
+    pub results: Vec<Result<u64, AppendFailure>>,
+    /// Whether the closing sync worked; when it did not, nothing of the batch is durable.
+    pub synced: Result<(), String>,
+}
+
+/// Queue lengths as of the last command burst.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    /// Per queue: length and unix ms of the oldest entry.
+    pub queues: BTreeMap<QKey, (u64, Option<u64>)>,
+    /// Bytes held by the store.
+    pub total_bytes: u64,
+}
+
+enum Cmd {
+    Append {
+        items: Vec<AppendReq>,
+        reply: oneshot::Sender<AppendOutcome>,
+    },
+    Read {
+        prefix: String,
+        cursors: Vec<(QKey, u64)>,
+        max: usize,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<ReadResult, String>>,
+    },
+    Ack(Vec<(QKey, u64)>),
+    Expire {
+        now_ms: u64,
+        reply: oneshot::Sender<Vec<(QKey, u64)>>,
+    },
+    Shutdown,
+}
+
+/// The store thread is gone (the hub shut down or the thread failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the store is closed")]
+pub(crate) struct Closed;
+
+/// Handle to the store thread.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreClient {
+    tx: mpsc::Sender<Cmd>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    /// Hub-level byte quota; `u64::MAX` means none.
+    quota: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cmd::Append { .. } => "Append",
+            Cmd::Read { .. } => "Read",
+            Cmd::Ack(_) => "Ack",
+            Cmd::Expire { .. } => "Expire",
+            Cmd::Shutdown => "Shutdown",
+        })
+    }
+}
+
+/// Opens the store on a blocking thread of `tracker` and returns a client once recovery is done.
+pub(crate) async fn open(
+    dir: PathBuf,
+    config: StoreConfig,
+    tracker: &tokio_util::task::TaskTracker,
+) -> Result<(StoreClient, RecoveryReport), StoreError> {
+    let (tx, rx) = mpsc::channel(1024);
+    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let quota = Arc::new(AtomicU64::new(u64::MAX));
+    let shared = Arc::clone(&snapshot);
+    let shared_quota = Arc::clone(&quota);
+    tracker.spawn_blocking(move || match Store::open(&dir, config) {
+        Ok((store, report)) => {
+            publish_snapshot(&store, &shared);
+            let _ = ready_tx.send(Ok(report));
+            run(store, rx, &shared, &shared_quota);
+        }
+        Err(e) => {
+            let _ = ready_tx.send(Err(e));
+        }
+    });
+    let report = ready_rx.await.map_err(|_| StoreError::InvalidConfig {
+        reason: "the store thread ended while opening",
+    })??;
+    Ok((
+        StoreClient {
+            tx,
+            snapshot,
+            quota,
+        },
+        report,
+    ))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+/// The thread body: serve commands until shutdown.
+fn run(
+    mut store: Store,
+    mut rx: mpsc::Receiver<Cmd>,
+    snapshot: &Mutex<Snapshot>,
+    quota: &AtomicU64,
+) {
+    let mut dirty = false;
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        let mut served = 0;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Cmd::Append { items, reply } => {
+                    let outcome = append(&mut store, items, quota.load(Relaxed));
+                    dirty = false;
+                    // Publish first, so that whoever sees the PUBACK also sees the queues.
+                    publish_snapshot(&store, snapshot);
+                    let _ = reply.send(outcome);
+                }
+                Cmd::Read {
+                    prefix,
+                    cursors,
+                    max,
+                    now_ms,
+                    reply,
+                } => {
+                    let _ = reply.send(read(&mut store, &prefix, &cursors, max, now_ms));
+                }
+                Cmd::Ack(acks) => {
+                    for (key, seq) in acks {
+                        if let Err(error) = store.ack(&key.to_store(), seq) {
+                            tracing::debug!(endpoint = %key.endpoint, seq, error = %chain(&error), "Ack refused by the store.");
+                        }
+                    }
+                    dirty = true;
+                }
+                Cmd::Expire { now_ms, reply } => {
+                    let expired = store
+                        .expire(now_ms)
+                        .into_iter()
+                        .map(|(k, n)| (QKey::from_store(&k), n))
+                        .collect();
+                    if dirty {
+                        sync(&mut store);
+                        dirty = false;
+                    }
+                    let _ = reply.send(expired);
+                }
+                Cmd::Shutdown => {
+                    sync(&mut store);
+                    publish_snapshot(&store, snapshot);
+                    tracing::debug!("Store thread stopped.");
+                    return;
+                }
+            }
+            served += 1;
+            if served < 256 {
+                next = rx.try_recv().ok();
+            }
+        }
+        publish_snapshot(&store, snapshot);
+    }
+    sync(&mut store);
+}
+
+fn sync(store: &mut Store) {
+    if let Err(error) = store.sync() {
+        tracing::error!(error = %chain(&error), "Store sync failed.");
+    }
+}
+
+fn append(store: &mut Store, items: Vec<AppendReq>, quota: u64) -> AppendOutcome {
+    let mut results = Vec::with_capacity(items.len());
+    let mut appended = false;
+    for item in items {
+        let len = item.payload.len() as u64;
+        if store.total_bytes().saturating_add(len) > quota {
+            results.push(Err(AppendFailure::Full));
+            continue;
+        }
+        let r = store
+            .append(&item.key.to_store(), item.expires_at_ms, &item.payload)
+            .map_err(|e| match e {
+                StoreError::QuotaExceeded { .. } => AppendFailure::Full,
+                other => AppendFailure::Failed(chain(&other)),
+            });
+        appended |= r.is_ok();
+        results.push(r);
+    }
+    let synced = if appended {
+        store.sync().map_err(|e| chain(&e))
+    } else {
+        Ok(())
+    };
+    AppendOutcome { results, synced }
+}
+
+fn read(
+    store: &mut Store,
+    prefix: &str,
+    cursors: &[(QKey, u64)],
+    max: usize,
+    now_ms: u64,
+) -> Result<ReadResult, String> {
+    // `queues()` is sorted by endpoint then priority; serve highest priority first.
+    let mut keys: Vec<QueueKey> = store
+        .queues()
+        .into_iter()
+        .filter(|k| k.endpoint.starts_with(prefix))
+        .collect();
+    keys.sort_by(|a, b| (a.priority, &a.endpoint).cmp(&(b.priority, &b.endpoint)));
+    let mut out = ReadResult::default();
+    for key in keys {
+        if out.entries.len() >= max {
+            break;
+        }
+        let qkey = QKey::from_store(&key);
+        let after = cursors.iter().find(|(k, _)| *k == qkey).map(|(_, s)| *s);
+        // A corrupt record is skipped by acking it; give up on the queue after a few.
+        let mut attempts = 0;
+        let entries: Vec<Entry> = loop {
+            match store.read(&key, after, max - out.entries.len(), now_ms) {
+                Ok(e) => break e,
+                Err(StoreError::Corrupt {
+                    seq,
+                    segment,
+                    offset,
+                }) if attempts < 16 => {
+                    attempts += 1;
+                    out.corrupt += 1;
+                    tracing::error!(endpoint = %key.endpoint, seq, segment, offset, "Corrupt record in the store; skipping it.");
+                    let _ = store.ack(&key, seq);
+                }
+                Err(e) => return Err(chain(&e)),
+            }
+        };
+        out.entries.extend(entries.into_iter().map(|e| QEntry {
+            key: qkey.clone(),
+            seq: e.seq,
+            payload: e.payload,
+        }));
+    }
+    Ok(out)
+}
+
+fn publish_snapshot(store: &Store, snapshot: &Mutex<Snapshot>) {
+    let mut queues = BTreeMap::new();
+    for k in store.queues() {
+        let len = store.len(&k) as u64;
+        let oldest = store.oldest_appended_ms(&k);
+        queues.insert(QKey::from_store(&k), (len, oldest));
+    }
+    let snap = Snapshot {
+        queues,
+        total_bytes: store.total_bytes(),
+    };
+    *snapshot.lock().unwrap_or_else(PoisonError::into_inner) = snap;
+}
+
+impl StoreClient {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, Closed> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| Closed)?;
+        rx.await.map_err(|_| Closed)
+    }
+
+    /// Appends a batch and syncs it once.
+    pub(crate) async fn append(&self, items: Vec<AppendReq>) -> Result<AppendOutcome, Closed> {
+        self.call(|reply| Cmd::Append { items, reply }).await
+    }
+
+    /// Reads up to `max` live entries of the queues whose endpoint starts with `prefix`, highest
+    /// priority first, each queue after its cursor (or from its oldest unacked entry).
+    pub(crate) async fn read(
+        &self,
+        prefix: String,
+        cursors: Vec<(QKey, u64)>,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<Result<ReadResult, String>, Closed> {
+        self.call(|reply| Cmd::Read {
+            prefix,
+            cursors,
+            max,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Acknowledges entries (durable at the next sync).
+    pub(crate) async fn ack(&self, acks: Vec<(QKey, u64)>) -> Result<(), Closed> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(Cmd::Ack(acks)).await.map_err(|_| Closed)
+    }
+
+    /// Drops expired entries and returns how many per queue.
+    pub(crate) async fn expire(&self, now_ms: u64) -> Result<Vec<(QKey, u64)>, Closed> {
+        self.call(|reply| Cmd::Expire { now_ms, reply }).await
+    }
+
+    /// Sets the hub-level byte quota (`storeLimits.maxSizeBytes`), `None` for none.
+    pub(crate) fn set_quota(&self, quota: Option<u64>) {
+        self.quota.store(quota.unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Asks the thread for a final sync and to stop.
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.tx.send(Cmd::Shutdown).await;
+    }
+
+    /// The latest snapshot.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
