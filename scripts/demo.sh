@@ -3,8 +3,9 @@
 # this machine and offline. A live view shows modules, routes, the model's scores, DCS writes
 # and health; it ends by itself when the replay is done (or on Ctrl-C) with a summary.
 #
-#   scripts/demo.sh            # the whole TEP test set (22 runs)
-#   DEMO_RUNS="d00_te d01_te d06_te" scripts/demo.sh     # a shorter replay
+#   scripts/demo.sh            # six TEP test runs (normal + five faults) at 36000x real time
+#   DEMO_RUNS="d00_te d01_te d06_te" scripts/demo.sh     # other runs
+#   DEMO_SPEED=0 scripts/demo.sh                         # as fast as the pipeline accepts
 #   DEMO_PROFILE=dev scripts/demo.sh                     # use the debug build (the smoke test does)
 #   DEMO_SKIP_BUILD=1, DEMO_DIR=DIR, DEMO_SECONDS=N      # (the smoke test sets these too)
 set -euo pipefail
@@ -37,7 +38,7 @@ trap 'exit 130' INT TERM
 
 DCS_URL=""
 if [ -x "$BIN/dcs-sim" ] && grep -q '"opcua-writer"' deployment.json; then
-    "$BIN/dcs-sim" --port 0 --data-dir "$DEMO/dcs" > "$DEMO/dcs.out" 2> "$DEMO/dcs.log" &
+    "$BIN/dcs-sim" --port 0 --remote-enable --data-dir "$DEMO/dcs" > "$DEMO/dcs.out" 2> "$DEMO/dcs.log" &
     pids+=($!)
     for _ in $(seq 1 200); do
         DCS_URL=$(head -n1 "$DEMO/dcs.out" 2>/dev/null || true)
@@ -49,7 +50,8 @@ if [ -x "$BIN/dcs-sim" ] && grep -q '"opcua-writer"' deployment.json; then
 fi
 
 # The demo's copy of deployment.json: absolute working dirs, the DCS endpoint, the runs.
-DCS_URL="$DCS_URL" DEMO_RUNS="${DEMO_RUNS:-}" ROOT="$ROOT" python3 - "$DEMO/deployment.json" <<'PY'
+DCS_URL="$DCS_URL" DEMO_RUNS="${DEMO_RUNS:-d00_te d01_te d02_te d04_te d06_te d07_te}" \
+    DEMO_SPEED="${DEMO_SPEED:-36000}" ROOT="$ROOT" python3 - "$DEMO/deployment.json" <<'PY'
 import json, os, sys
 root = os.environ["ROOT"]
 d = json.load(open(os.path.join(root, "deployment.json")))
@@ -63,7 +65,10 @@ if runs and "historian-ingest" in mc:
     mc["historian-ingest"]["properties.desired"]["source"]["files"] = [f"data/tep/{r}.dat" for r in runs]
 url = os.environ["DCS_URL"]
 if url and "opcua-writer" in mc:
-    mc["opcua-writer"]["properties.desired"]["connection"]["endpoint"] = url
+    mc["opcua-writer"]["properties.desired"]["endpoint"] = url
+speed = os.environ.get("DEMO_SPEED", "")
+if speed and "historian-ingest" in mc:
+    mc["historian-ingest"]["properties.desired"]["speed"] = float(speed)
 json.dump(d, open(sys.argv[1], "w"), indent=2)
 PY
 

@@ -26,6 +26,7 @@ fn bench_push(c: &mut Criterion) {
         Err(e) => panic!("bench pipeline: {e}"),
     };
     let mut sample = SampleIn {
+        ingested_at: serde_json::Value::Null,
         run_id: "bench".into(),
         sample: 0,
         ts: serde_json::Value::Null,

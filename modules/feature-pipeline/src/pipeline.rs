@@ -19,6 +19,9 @@ pub struct SampleIn {
     /// The sample's time, carried through as given.
     #[serde(default)]
     pub ts: Value,
+    /// Wall-clock time the historian read the sample, carried through as given (absent = null).
+    #[serde(default, rename = "ingestedAt")]
+    pub ingested_at: Value,
     /// Tag → value; `null`, non-numbers and non-finite values are dropped (= missing).
     #[serde(deserialize_with = "lenient_values")]
     pub values: HashMap<String, f64>,
@@ -42,6 +45,9 @@ pub struct FeatureVector {
     pub sample: u64,
     /// The sample's time.
     pub ts: Value,
+    /// Wall-clock ingest time, carried through (omitted when the sample had none).
+    #[serde(rename = "ingestedAt", skip_serializing_if = "Value::is_null")]
+    pub ingested_at: Value,
     /// The features: `[v(t), v(t-1), …, v(t-lags)]`, each `v` in the order of `tags`. A value
     /// that is unavailable (missing beyond the hold) is 0 in an invalid vector.
     pub x: Vec<f32>,
@@ -262,6 +268,7 @@ impl Pipeline {
             run_id: s.run_id.clone(),
             sample: s.sample,
             ts: s.ts.clone(),
+            ingested_at: s.ingested_at.clone(),
             x,
             valid: reasons.is_empty(),
             reasons,

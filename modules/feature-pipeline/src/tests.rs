@@ -13,6 +13,7 @@ fn pipe(v: serde_json::Value) -> Pipeline {
 
 fn sample(i: u64, values: &[(&str, f64)]) -> SampleIn {
     SampleIn {
+        ingested_at: serde_json::Value::Null,
         run_id: "r1".into(),
         sample: i,
         ts: json!(format!("t{i}")),
@@ -261,6 +262,7 @@ fn tep_file_through_the_pipeline() {
             .map(|(t, v)| (t.clone(), v.parse::<f64>().unwrap()))
             .collect();
         out.push(p.push(&SampleIn {
+            ingested_at: serde_json::Value::Null,
             run_id: "d00_te".into(),
             sample: i as u64 + 1,
             ts: serde_json::Value::Null,

@@ -61,7 +61,10 @@ impl Sample {
         }
     }
 
-    /// The message body: `{"runId", "sample", "ts", "quality", "values": {tag: value|null}}`.
+    /// The message body: `{"runId", "sample", "ts", "ingestedAt", "quality", "values":
+    /// {tag: value|null}}`. `ts` is the sample's (possibly simulated) plant time; `ingestedAt`
+    /// is the wall clock when the historian read it, which downstream modules carry so that
+    /// freshness checks (the DCS writer's) and latency measurements use real time.
     #[must_use]
     pub fn body(&self) -> Value {
         let values: Map<String, Value> = self
@@ -74,6 +77,7 @@ impl Sample {
             "runId": &*self.run_id,
             "sample": self.index,
             "ts": humantime::format_rfc3339_millis(self.ts).to_string(),
+            "ingestedAt": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             "quality": self.quality().as_str(),
             "values": values,
         })

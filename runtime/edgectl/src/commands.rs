@@ -91,6 +91,8 @@ enum Command {
     /// Route debugging, offline.
     #[command(subcommand)]
     Route(RouteCommand),
+    /// A fleet backend on any MQTT broker: deploy, status, invoke.
+    Cloud(crate::cloud::CloudArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +192,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Route(RouteCommand::Check { route }) => Ok(route_check(&route)),
         Command::Route(RouteCommand::Eval { route, message }) => route_eval(&route, &message),
+        Command::Cloud(args) => crate::cloud::run(args).await,
     }
 }
 

@@ -3,6 +3,7 @@
 //! It finds edged through `--data-dir` (or `EDGE_DATA_DIR`): the management socket is
 //! `{data_dir}/edged.sock`.
 
+mod cloud;
 mod commands;
 mod top;
 

@@ -176,12 +176,7 @@ fn render(s: &Snapshot, rates: &BTreeMap<String, f64>, elapsed: Duration) -> Str
         );
     }
     if !s.writer.is_null() {
-        let w = if s.writer["writer"].is_null() {
-            &s.writer
-        } else {
-            &s.writer["writer"]
-        };
-        let _ = writeln!(o, "DCS      {}", compact(w));
+        let _ = writeln!(o, "DCS      {}", writer_line(&s.writer));
     }
     let h = &s.health["health"];
     if !h.is_null() {
@@ -198,13 +193,23 @@ fn render(s: &Snapshot, rates: &BTreeMap<String, f64>, elapsed: Duration) -> Str
     o
 }
 
-fn compact(v: &Value) -> String {
-    let mut s = v.to_string();
-    if s.len() > 160 {
-        s.truncate(157);
-        s.push_str("...");
+/// One line for the DCS writer's reported state: connection, interlock and counters.
+fn writer_line(w: &Value) -> String {
+    let mut parts = vec![num(&w["connection"]["state"])];
+    if !w["interlock"].is_null() {
+        parts.push(format!("interlock {}", num(&w["interlock"])));
     }
-    s
+    if let Some(c) = w["counters"].as_object() {
+        for (k, v) in c {
+            if v.as_u64().unwrap_or(0) > 0 {
+                parts.push(format!("{k} {}", num(v)));
+            }
+        }
+    }
+    if w["pending"].as_u64().unwrap_or(0) > 0 {
+        parts.push(format!("pending {}", num(&w["pending"])));
+    }
+    parts.join(" · ")
 }
 
 /// What the sustained-alarm episodes of a run mean, given the fault onset.
@@ -274,12 +279,7 @@ fn summary(s: &Snapshot, args: &TopArgs, elapsed: Duration) -> String {
         }
     }
     if !s.writer.is_null() {
-        let w = if s.writer["writer"].is_null() {
-            &s.writer
-        } else {
-            &s.writer["writer"]
-        };
-        let _ = writeln!(o, "DCS writer: {}", compact(w));
+        let _ = writeln!(o, "DCS writer: {}", writer_line(&s.writer));
     }
     let _ = writeln!(
         o,
@@ -332,9 +332,15 @@ pub async fn run(sock: &Path, args: TopArgs) -> Result<()> {
         if scored != last_scored.0 {
             last_scored = (scored, now);
         }
-        let done = s.ingest["replay"]["state"]
+        let replay_done = s.ingest["replay"]["state"]
             .as_str()
             .is_some_and(|st| st != "replaying");
+        // Module inputs drained (what waits for `$upstream` stays queued while offline).
+        let drained = s.stats["queues"].as_array().into_iter().flatten().all(|q| {
+            q["endpoint"].as_str().is_some_and(|e| e.starts_with('$'))
+                || q["len"].as_u64() == Some(0)
+        });
+        let done = replay_done && drained;
         last = Some(s);
         if let Some(idle) = args.exit_when_idle
             && done

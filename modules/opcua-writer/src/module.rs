@@ -1,0 +1,169 @@
+//! The edge-sdk module: input loop, reconnect flushing, twin reporting, direct methods
+//! `read` (current values of the mapped nodes and the interlock) and `audit` (recent records;
+//! payload `{"count": N}`, default 50).
+
+use crate::audit::{AuditLog, read_recent};
+use crate::client::{ClientSettings, OpcuaDcs};
+use crate::config::WriterConfig;
+use crate::dcs::DcsWriter;
+use crate::engine::{Incoming, Writer};
+use edge_sdk::{MethodError, Module, ModuleContext, ModuleError, SysProp};
+use serde_json::{Value as Json, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// The module.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriterModule;
+
+/// The reported-properties patch for the current state.
+#[must_use]
+pub fn status_report(
+    writer: &Writer,
+    connected: bool,
+    interlock: Option<bool>,
+    connects: u64,
+) -> Json {
+    json!({
+        "connection": {
+            "state": if connected { "connected" } else { "disconnected" },
+            "endpoint": writer.config().endpoint,
+            "securityPolicy": writer.config().security_policy,
+            "securityMode": writer.config().security_mode,
+            "sessions": connects,
+        },
+        "interlock": interlock,
+        "advisoryOnly": writer.config().advisory_only,
+        "pending": writer.pending_len(),
+        "counters": writer.counters(),
+        "lastAlarm": writer.last_alarm(),
+    })
+}
+
+/// Parses an input message into what the writer needs.
+#[must_use]
+pub fn incoming(msg: &edge_sdk::Message) -> Option<Incoming> {
+    let body: Json = serde_json::from_slice(&msg.body).ok()?;
+    Some(Incoming {
+        body,
+        message_id: msg
+            .system
+            .get(SysProp::MessageId)
+            .unwrap_or_default()
+            .to_owned(),
+    })
+}
+
+/// Reads the current values of the mapped nodes and the interlock, as JSON.
+///
+/// # Errors
+/// The DCS error as text.
+pub async fn read_mapped<D: DcsWriter>(dcs: &D, cfg: &WriterConfig) -> Result<Json, String> {
+    let mut nodes: Vec<String> = cfg.mappings.iter().map(|m| m.node.clone()).collect();
+    nodes.push(cfg.interlock_node.clone());
+    let values = dcs.read(&nodes).await.map_err(|e| e.to_string())?;
+    let mut out = serde_json::Map::new();
+    for (n, v) in nodes.into_iter().zip(values) {
+        out.insert(n, v.map_or(Json::Null, |v| v.to_json()));
+    }
+    Ok(Json::Object(out))
+}
+
+impl Module for WriterModule {
+    type Config = WriterConfig;
+
+    async fn run(self, ctx: ModuleContext<WriterConfig>) -> Result<(), ModuleError> {
+        let cfg = ctx.config();
+        let data_dir = ctx
+            .client()
+            .env()
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("opcua-writer-data"));
+        let audit = AuditLog::open(&data_dir).map_err(ModuleError::other)?;
+        let audit_path = audit.path().to_owned();
+        let dcs = Arc::new(OpcuaDcs::start(ClientSettings::from_config(
+            &cfg, &data_dir,
+        )));
+        let writer = Arc::new(Mutex::new(Writer::new((*cfg).clone(), audit)));
+
+        ctx.on_method("audit", move |payload| {
+            let path = audit_path.clone();
+            async move {
+                let n = payload.get("count").and_then(Json::as_u64).unwrap_or(50);
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                let recs = tokio::task::spawn_blocking(move || read_recent(&path, n))
+                    .await
+                    .map_err(|e| MethodError::internal(e.to_string()))?
+                    .map_err(|e| MethodError::internal(format!("{e}: {}", e.source)))?;
+                Ok(json!({ "records": recs }))
+            }
+        });
+        {
+            let dcs = dcs.clone();
+            let writer = writer.clone();
+            ctx.on_method("read", move |_payload| {
+                let dcs = dcs.clone();
+                let writer = writer.clone();
+                async move {
+                    let cfg = writer.lock().await.config().clone();
+                    read_mapped(&*dcs, &cfg)
+                        .await
+                        .map_err(MethodError::internal)
+                }
+            });
+        }
+
+        let mut input = ctx.input(&cfg.input);
+        let mut connected = dcs.connected();
+        let mut interlock = dcs.interlock();
+        let mut config_rx = ctx.config_changes();
+        let mut report = tokio::time::interval(cfg.report_interval);
+        loop {
+            tokio::select! {
+                d = ctx.next(&mut input) => {
+                    let Some(d) = d else { break };
+                    match incoming(&d.message) {
+                        Some(m) => writer.lock().await.handle(&*dcs, &m).await,
+                        None => tracing::warn!("input message is not JSON; ignored"),
+                    }
+                    d.ack().await?;
+                }
+                r = connected.changed() => {
+                    if r.is_err() { break; }
+                    let up = *connected.borrow_and_update();
+                    tracing::info!(connected = up, "DCS connection state");
+                    report.reset_immediately();
+                }
+                r = interlock.changed() => {
+                    if r.is_err() { break; }
+                    let _ = interlock.borrow_and_update();
+                    // Values kept while disconnected go out once the interlock is known again.
+                    writer.lock().await.flush_pending(&*dcs).await;
+                    report.reset_immediately();
+                }
+                r = config_rx.changed() => {
+                    if r.is_err() { break; }
+                    let new = (**config_rx.borrow_and_update()).clone();
+                    let mut w = writer.lock().await;
+                    if new.endpoint != w.config().endpoint || new.security_mode != w.config().security_mode {
+                        tracing::warn!("connection settings changed: they apply at the next module restart");
+                    }
+                    w.set_config(new);
+                }
+                _ = report.tick() => {
+                    let patch = {
+                        let w = writer.lock().await;
+                        status_report(&w, *dcs.connected().borrow(), *dcs.interlock().borrow(), dcs.connects())
+                    };
+                    if let Err(e) = ctx.report(&patch).await {
+                        tracing::warn!(error = %e, "cannot report status");
+                    }
+                }
+            }
+        }
+        dcs.stop();
+        Ok(())
+    }
+}
