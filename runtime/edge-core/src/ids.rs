@@ -17,7 +17,9 @@ pub enum IdError {
     #[error("id `{0}` is longer than 128 characters")]
     TooLong(String),
     /// The id holds a character IoT Hub does not allow.
-    #[error("id `{id}` contains `{ch}`, which is not allowed (letters, digits and -.+%_#*?!(),:=@$' only)")]
+    #[error(
+        "id `{id}` contains `{ch}`, which is not allowed (letters, digits and -.+%_#*?!(),:=@$' only)"
+    )]
     BadChar {
         /// The offending id.
         id: String,
@@ -37,7 +39,10 @@ fn check(id: &str) -> Result<(), IdError> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "-.+%_#*?!(),:=@$'".contains(*c)))
     {
-        return Err(IdError::BadChar { id: id.to_owned(), ch });
+        return Err(IdError::BadChar {
+            id: id.to_owned(),
+            ch,
+        });
     }
     Ok(())
 }
@@ -112,9 +117,18 @@ mod tests {
         assert!(ModuleId::new("onnx-scoring").is_ok());
         assert!(ModuleId::new("$edgeHub").is_ok());
         assert_eq!(ModuleId::new(""), Err(IdError::Empty));
-        assert!(matches!(ModuleId::new("a/b"), Err(IdError::BadChar { ch: '/', .. })));
-        assert!(matches!(ModuleId::new("a b"), Err(IdError::BadChar { ch: ' ', .. })));
-        assert!(matches!(ModuleId::new("x".repeat(129)), Err(IdError::TooLong(_))));
+        assert!(matches!(
+            ModuleId::new("a/b"),
+            Err(IdError::BadChar { ch: '/', .. })
+        ));
+        assert!(matches!(
+            ModuleId::new("a b"),
+            Err(IdError::BadChar { ch: ' ', .. })
+        ));
+        assert!(matches!(
+            ModuleId::new("x".repeat(129)),
+            Err(IdError::TooLong(_))
+        ));
     }
 
     #[test]

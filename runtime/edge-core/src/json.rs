@@ -76,7 +76,10 @@ mod tests {
         let old = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1, 2], "gone": true});
         let new = json!({"a": 1, "b": {"c": 5}, "e": [2], "added": {"x": "y"}});
         let p = diff(&old, &new);
-        assert_eq!(p, json!({"b": {"c": 5, "d": null}, "e": [2], "added": {"x": "y"}, "gone": null}));
+        assert_eq!(
+            p,
+            json!({"b": {"c": 5, "d": null}, "e": [2], "added": {"x": "y"}, "gone": null})
+        );
         let mut t = old.clone();
         merge(&mut t, &p);
         assert_eq!(t, new);

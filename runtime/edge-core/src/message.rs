@@ -395,7 +395,10 @@ mod tests {
                 assert_eq!(SysProp::from_bag_key(k), Some(p));
             }
         }
-        assert_eq!(SysProp::from_route_name("cid"), Some(SysProp::CorrelationId));
+        assert_eq!(
+            SysProp::from_route_name("cid"),
+            Some(SysProp::CorrelationId)
+        );
         assert_eq!(SysProp::from_route_name("nope"), None);
     }
 }

@@ -160,9 +160,9 @@ pub fn verify_token(
         return Err(SasError::Expired { expiry, now });
     }
     let audience = percent_decode_str(sr).decode_utf8_lossy();
-    let ok = hosts.iter().any(|h| {
-        audience.eq_ignore_ascii_case(&module_uri(h, device, module))
-    });
+    let ok = hosts
+        .iter()
+        .any(|h| audience.eq_ignore_ascii_case(&module_uri(h, device, module)));
     if !ok {
         return Err(SasError::Audience(audience.into_owned()));
     }
@@ -179,7 +179,10 @@ mod tests {
         let other = ModuleKey::generate().unwrap();
         let uri = module_uri("hub.local", "dev1", "mod1");
         let t = make_token(&key, &uri, 2_000);
-        assert_eq!(verify_token(&t, &key, 1_000, &["hub.local"], "dev1", "mod1"), Ok(()));
+        assert_eq!(
+            verify_token(&t, &key, 1_000, &["hub.local"], "dev1", "mod1"),
+            Ok(())
+        );
         assert_eq!(
             verify_token(&t, &other, 1_000, &["hub.local"], "dev1", "mod1"),
             Err(SasError::Signature)
@@ -202,7 +205,11 @@ mod tests {
     fn matches_the_documented_python_encoding() {
         // The `sr` is quote(uri, safe="") with upper-case hex, as the Azure SDK makes it.
         let key = ModuleKey::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
-        let t = make_token(&key, "myhub.azure-devices.net/devices/dev1/modules/mod1", 1_795_430_509);
+        let t = make_token(
+            &key,
+            "myhub.azure-devices.net/devices/dev1/modules/mod1",
+            1_795_430_509,
+        );
         assert!(t.starts_with(
             "SharedAccessSignature sr=myhub.azure-devices.net%2Fdevices%2Fdev1%2Fmodules%2Fmod1&sig="
         ));

@@ -107,9 +107,14 @@ pub fn parse_inbound(topic: &str) -> Result<Inbound<'_>, TopicError> {
         parts.next(),
         parts.next(),
     ) {
-        (Some("devices"), Some(device), Some("modules"), Some(module), Some("messages"), Some(rest))
-            if !device.is_empty() && !module.is_empty() =>
-        {
+        (
+            Some("devices"),
+            Some(device),
+            Some("modules"),
+            Some(module),
+            Some("messages"),
+            Some(rest),
+        ) if !device.is_empty() && !module.is_empty() => {
             let bag = if rest == "events" {
                 ""
             } else if let Some(bag) = rest.strip_prefix("events/") {
@@ -239,7 +244,10 @@ pub fn events_topic(device: &str, module: &str, msg: &Message) -> String {
 #[must_use]
 pub fn twin_response_topic(status: u16, rid: &str, version: Option<u64>) -> String {
     match version {
-        Some(v) => format!("$iothub/twin/res/{status}/?$rid={}&$version={v}", encode(rid)),
+        Some(v) => format!(
+            "$iothub/twin/res/{status}/?$rid={}&$version={v}",
+            encode(rid)
+        ),
         None => format!("$iothub/twin/res/{status}/?$rid={}", encode(rid)),
     }
 }
@@ -253,7 +261,11 @@ pub fn desired_patch_topic(version: u64) -> String {
 /// `$iothub/methods/POST/{name}/?$rid=R`.
 #[must_use]
 pub fn method_request_topic(name: &str, rid: &str) -> String {
-    format!("$iothub/methods/POST/{}/?$rid={}", encode(name), encode(rid))
+    format!(
+        "$iothub/methods/POST/{}/?$rid={}",
+        encode(name),
+        encode(rid)
+    )
 }
 
 /// `$iothub/methods/res/{status}/?$rid=R`.
@@ -271,7 +283,10 @@ pub fn twin_get_topic(rid: &str) -> String {
 /// `$iothub/twin/PATCH/properties/reported/?$rid=R`.
 #[must_use]
 pub fn reported_patch_topic(rid: &str) -> String {
-    format!("$iothub/twin/PATCH/properties/reported/?$rid={}", encode(rid))
+    format!(
+        "$iothub/twin/PATCH/properties/reported/?$rid={}",
+        encode(rid)
+    )
 }
 
 /// A topic the hub publishes to a module, classified (the SDK side of the profile).
@@ -415,7 +430,10 @@ mod tests {
             "devices/d/modules/m/messages/events/a=1",
             "devices/d/modules/m/messages/events/a=1/",
         ] {
-            assert!(matches!(parse_inbound(t), Ok(Inbound::Events { .. })), "{t}");
+            assert!(
+                matches!(parse_inbound(t), Ok(Inbound::Events { .. })),
+                "{t}"
+            );
         }
         assert!(parse_inbound("devices/d/modules/m/inputs/x").is_err());
         assert!(parse_inbound("foo/bar").is_err());
@@ -425,7 +443,9 @@ mod tests {
     fn twin_and_method_topics() {
         assert_eq!(
             parse_inbound("$iothub/twin/GET/?$rid=6f2c8").unwrap(),
-            Inbound::TwinGet { rid: "6f2c8".into() }
+            Inbound::TwinGet {
+                rid: "6f2c8".into()
+            }
         );
         assert_eq!(
             parse_inbound("$iothub/twin/PATCH/properties/reported/?$rid=1&$version=3").unwrap(),
@@ -486,7 +506,10 @@ mod tests {
             classify_subscription("devices/d/modules/m/#", "d", "m"),
             Some(Subscription::Inputs)
         );
-        assert_eq!(classify_subscription("devices/d/modules/other/#", "d", "m"), None);
+        assert_eq!(
+            classify_subscription("devices/d/modules/other/#", "d", "m"),
+            None
+        );
         assert_eq!(classify_subscription("#", "d", "m"), None);
         assert_eq!(
             classify_subscription("$iothub/twin/res/#", "d", "m"),

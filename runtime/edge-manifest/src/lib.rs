@@ -23,4 +23,4 @@ mod parse;
 
 pub use binaries::{check_binaries, resolve_binary};
 pub use model::*;
-pub use parse::{sha256_hex, DEFAULT_STORE_TTL, parse, parse_file};
+pub use parse::{DEFAULT_STORE_TTL, parse, parse_file, sha256_hex};

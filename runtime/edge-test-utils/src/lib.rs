@@ -126,14 +126,14 @@ impl Edged {
         let file = data_dir.join("endpoints.json");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                if let Ok(endpoints) = serde_json::from_str::<Endpoints>(&text) {
-                    return Ok(Self {
-                        child,
-                        data_dir: data_dir.to_owned(),
-                        endpoints,
-                    });
-                }
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && let Ok(endpoints) = serde_json::from_str::<Endpoints>(&text)
+            {
+                return Ok(Self {
+                    child,
+                    data_dir: data_dir.to_owned(),
+                    endpoints,
+                });
             }
             if let Some(status) = child.try_wait()? {
                 bail!(
