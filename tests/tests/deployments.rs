@@ -87,12 +87,30 @@ async fn check_reports_every_problem_offline() -> Result<()> {
         json!({"1BAD": {"value": "x"}});
     let p = write_manifest(tmp.path(), "bad.json", &bad)?;
     let out = std::process::Command::new(workspace_bin("edgectl")?)
-        .args(["check", p.to_str().unwrap_or_default()])
+        .args(["check", "--no-port-check", p.to_str().unwrap_or_default()])
         .output()?;
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/env/1BAD"), "{err}");
     assert!(err.contains("/routes/r"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn check_reports_a_busy_port() -> Result<()> {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = holder.local_addr()?.to_string();
+    let root = edge_test_utils::repo_root();
+    let out = std::process::Command::new(workspace_bin("edgectl")?)
+        .args([
+            "check",
+            "--listen",
+            &addr,
+            root.join("deployment.json").to_str().unwrap_or_default(),
+        ])
+        .output()?;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&addr));
     Ok(())
 }
 

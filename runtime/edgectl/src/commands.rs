@@ -63,6 +63,12 @@ enum Command {
         /// edgectl's directory).
         #[arg(long = "module-path")]
         module_path: Vec<PathBuf>,
+        /// Addresses edged will listen on, checked to be free (hub MQTT, /metrics).
+        #[arg(long = "listen", default_values_t = ["127.0.0.1:1883".to_owned(), "127.0.0.1:9600".to_owned()])]
+        listen: Vec<String>,
+        /// Skip the port check (e.g. while edged is already running).
+        #[arg(long)]
+        no_port_check: bool,
     },
     /// Deployment history: hash, source, time, outcome.
     History,
@@ -165,7 +171,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             )
             .await
         }
-        Command::Check { file, module_path } => check(&file, module_path),
+        Command::Check {
+            file,
+            module_path,
+            listen,
+            no_port_check,
+        } => {
+            let ports = if no_port_check { vec![] } else { listen };
+            check(&file, module_path, &ports)
+        }
         Command::History => json_cmd(&sock, &Request::History).await,
         Command::Invoke {
             module,
@@ -258,7 +272,20 @@ fn human_secs(s: u64) -> String {
     }
 }
 
-fn check(file: &Path, mut module_path: Vec<PathBuf>) -> Result<ExitCode> {
+/// Addresses in `listen` that cannot be bound now, with the reason.
+fn busy_ports(listen: &[String]) -> Vec<String> {
+    listen
+        .iter()
+        .filter_map(|a| match std::net::TcpListener::bind(a.as_str()) {
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "{a}: cannot listen ({e}); another process (an MQTT broker, another edged) holds it, or pass --listen/--no-port-check"
+            )),
+        })
+        .collect()
+}
+
+fn check(file: &Path, mut module_path: Vec<PathBuf>, listen: &[String]) -> Result<ExitCode> {
     if let Some(dir) = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_owned))
@@ -281,10 +308,18 @@ fn check(file: &Path, mut module_path: Vec<PathBuf>) -> Result<ExitCode> {
                 out(&format!("note: {}: {}", n.pointer, n.message));
             }
             let problems = edge_manifest::check_binaries(&d, &dir, &module_path);
-            if !problems.is_empty() {
-                eprintln!("{}: {} problem(s):", file.display(), problems.len());
+            let ports = busy_ports(listen);
+            if !problems.is_empty() || !ports.is_empty() {
+                eprintln!(
+                    "{}: {} problem(s):",
+                    file.display(),
+                    problems.len() + ports.len()
+                );
                 for p in &problems {
                     eprintln!("  {}:{p}", file.display());
+                }
+                for p in &ports {
+                    eprintln!("  {p}");
                 }
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
