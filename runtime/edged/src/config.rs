@@ -35,6 +35,10 @@ pub struct EdgedConfig {
     pub metrics: MetricsSection,
     /// The agent (restart policy constants, grace periods, rollback window, log rotation).
     pub agent: edge_agent::AgentConfig,
+    /// The upstream link (`[upstream]`, e.g. `EDGED_UPSTREAM__URL=mqtt://host:1883`); none
+    /// means offline: `$upstream` messages wait in their queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<edge_upstream::UpstreamConfig>,
 }
 
 /// `[hub]`.
@@ -87,6 +91,7 @@ impl Default for EdgedConfig {
                 enabled: true,
             },
             agent: edge_agent::AgentConfig::default(),
+            upstream: None,
         }
     }
 }

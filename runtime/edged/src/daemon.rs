@@ -188,11 +188,9 @@ pub fn apply_file(agent: &Agent, path: &Path, at_start: bool) -> Result<(), Vec<
                 error!(file = %source, "{p}");
             }
             agent.record_refused(&edge_core_hash(path), &source, e.status_code(), &problems);
-            if at_start {
-                if let Some(good) = agent.last_good() {
-                    warn!("Deployment file refused; running the last good deployment.");
-                    let _ = agent.deploy(good, "last-good");
-                }
+            if at_start && let Some(good) = agent.last_good() {
+                warn!("Deployment file refused; running the last good deployment.");
+                let _ = agent.deploy(good, "last-good");
             }
             Err(problems)
         }
@@ -318,6 +316,18 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
     let _ = agent_cell.set(agent.clone());
 
     let _ = apply_file(&agent, &cfg.deployment, true);
+
+    if let Some(up) = cfg.upstream.clone() {
+        crate::upstream::start(
+            up,
+            &cfg.device_id,
+            hub.clone(),
+            agent.clone(),
+            hub_cancel.clone(),
+            &tracker,
+        )
+        .context("cannot start the upstream link")?;
+    }
 
     let socket = mgmt::serve(
         &cfg.data_dir,

@@ -5,6 +5,7 @@ mod config;
 mod daemon;
 mod http;
 mod mgmt;
+mod upstream;
 
 use clap::Parser;
 use std::process::ExitCode;
