@@ -1,0 +1,145 @@
+//! `results.json` and `results.md`.
+
+use crate::{Bench, Entry};
+use anyhow::Result;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn commit(root: &Path) -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Whether a smaller value is better for this figure.
+fn lower_is_better(e: &Entry) -> bool {
+    matches!(e.unit.as_str(), "us" | "ms" | "s" | "MiB")
+}
+
+const METHOD: &str = "\
+- **Ratio** = ours / peer. For throughput (`/s`) above 1 is better for us; for latency, time and \
+memory below 1 is better (the *better* column says which side wins).
+- **Broker path**: the same rumqttc 0.25 load (TCP_NODELAY, inflight 100, 256-byte bodies \
+carrying the send time) from 1 or 8 publishers to 1 subscriber (subscribed at QoS 1), against \
+(a) a real `target/release/edged` whose hub routes `FROM /messages/*` to the subscriber module \
+through its durable queue (fsync on; clients authenticate with SAS tokens as identity modules), \
+(b) Debian's Mosquitto 2 (`persistence false`, `max_queued_messages 1000000`, \
+`max_inflight_messages 100`), (c) a bare rumqttd 0.20 in-process (plain pub/sub). The peers do \
+no routing, no authentication and keep nothing on disk, so the comparison is of the price of \
+those features. Throughput = messages received / (last receive − first publish); latency = \
+receive time − send time at the subscriber, p50/p99 over all messages. The publishers send as \
+fast as their client allows (open loop), so these latencies are latencies *at saturation* \
+(mostly queueing), not of a lightly loaded broker.
+- **Criterion figures** (route engine, store, feature pipeline, agent planning, scoring) are \
+medians of the crates' criterion benches (`cargo bench`), converted to per-second with the \
+elements per iteration. The store figure is 64 appends of 256 B then one fsync (the hub's group \
+commit).
+- **Scoring peers**: Python onnxruntime (same `model.onnx`, 1 thread, median of timed runs \
+including input conversion, `models/tep-pca/bench_python.py`) and bare Rust `ort` with the same \
+session options (the criterion bench's `bare_ort`, which reads one output); ours is \
+`onnx-scoring`'s `Scorer` (input check, run, all outputs, per-row top contributors), which is \
+why it trails at batch 256.
+- **Recovery**: a child process appends N × 256 B (sync every 1000) and is killed with SIGKILL; \
+the figure is the time for `Store::open` to scan and index the directory.
+- **End to end**: `edged` with the repository's `deployment.json` (TEP runs replayed at speed 0, \
+as fast as the hub accepts): samples/s = samples the historian published / (time from spawning \
+edged to the last score counted in `/metrics`, polled every 20 ms; when opcua-writer is \
+deployed, dcs-sim is started and the writer's twin pointed at it, but the end is still the \
+last score, not the last DCS write). Start-up: time from spawning \
+edged to the first routed message, and to every module reported running *and* connected to the \
+hub (`/metrics`, polled every 5 ms). RSS (`VmRSS`) of edged and of each module right after the \
+replay; binary sizes of the stripped release build.
+- **End-to-end latency**: a second run replays the first TEP runs paced at 500 samples/s and \
+routes `onnx-scoring`'s scores to a sink module (this benchmark, connected as an identity \
+module). A sample's send time follows from the replay schedule: `ts` (carried into the score) = \
+run start + sample × period, and sample k is sent (k − 1) × period / speed after the run start; \
+latency = sink receive time − send time (wall clock, same machine; `ts` has millisecond \
+resolution, so figures can be up to 1 ms high). Samples sent before the sink subscribed are \
+left out.";
+
+const NOT_MEASURED: &str = "\
+- `fleet_converge_s_<N>` (time from a cloud deploy to N edged instances reporting it, N = 10, \
+50, 200): the cloud deployment side (issue 6) does not exist yet, so there is nothing to measure.
+- TLS listener cost (issue 11): not built yet.";
+
+/// Writes both files; returns the Markdown.
+pub fn write(b: &Bench, out: &Path, took: Duration) -> Result<String> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_vec_pretty(&b.entries)?,
+    )?;
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let mut md = String::new();
+    writeln!(md, "# edge runtime benchmarks\n")?;
+    writeln!(
+        md,
+        "- date: {}\n- machine: {cores} cores (`nproc`), {}\n- mode: {}\n- commit: {} (plus working tree)\n- duration: {:.0} s\n- command: `scripts/bench.sh{}`\n",
+        humantime::format_rfc3339_seconds(SystemTime::now()),
+        cpu_model(),
+        if b.quick { "quick" } else { "full" },
+        commit(&b.root),
+        took.as_secs_f64(),
+        if b.quick { " --quick" } else { "" },
+    )?;
+    writeln!(
+        md,
+        "| name | value | unit | peer | peer value | ratio | better |\n|---|---:|---|---|---:|---:|---|"
+    )?;
+    for e in &b.entries {
+        let better = match e.ratio {
+            None => "",
+            Some(r) if (r - 1.0).abs() < 1e-9 => "=",
+            Some(r) if (r < 1.0) == lower_is_better(e) => "ours",
+            Some(_) => "peer",
+        };
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            e.name,
+            num(e.value),
+            e.unit,
+            e.peer.as_deref().unwrap_or(""),
+            e.peer_value.map(num).unwrap_or_default(),
+            e.ratio.map(num).unwrap_or_default(),
+            better,
+        )?;
+    }
+    writeln!(md, "\n## Method\n\n{METHOD}\n")?;
+    writeln!(md, "## Not measured\n\n{NOT_MEASURED}")?;
+    for f in &b.failures {
+        writeln!(md, "- this run failed to measure {f}")?;
+    }
+    writeln!(
+        md,
+        "\nThe exact command behind each figure is in `results.json` (`command`)."
+    )?;
+    std::fs::write(out.join("results.md"), &md)?;
+    Ok(md)
+}
