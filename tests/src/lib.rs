@@ -23,10 +23,12 @@ pub fn process_module(program: &Path, args: &[&str], order: u32, policy: &str) -
     })
 }
 
-/// A module that only holds an identity (a long `sleep`), so a test can connect as it.
+/// A module that only holds an identity (a `sleep`), so a test can connect as it. The sleep is
+/// bounded (10 min, far longer than any test) so that one orphaned by a test that kills edged
+/// with SIGKILL ends by itself; while edged runs, `always` restarts it.
 #[must_use]
 pub fn identity_module(order: u32) -> Value {
-    process_module(Path::new("/bin/sleep"), &["100000"], order, "always")
+    process_module(Path::new("/bin/sleep"), &["600"], order, "always")
 }
 
 /// A whole manifest from modules, routes and twins.
