@@ -37,7 +37,7 @@
 //! - `session`: one MQTT connection (CONNECT/auth, read loop, write task); `auth`: CONNECT
 //!   checks; `registry`: which module is connected where, persistent subscriptions.
 //! - `ingest`: routing and group commit; `store`: the store thread; `delivery`: to modules.
-//! - `twin` and `merge`: twins and JSON merge patches; `methods`: pending direct methods.
+//! - `twin`: twins (JSON merge patches from `edge_core::json`); `methods`: pending direct methods.
 //! - `metrics`, [`stats`], [`upstream`].
 //!
 //! # Deployments
@@ -59,7 +59,6 @@ pub mod upstream;
 mod auth;
 mod delivery;
 mod ingest;
-mod merge;
 mod methods;
 mod metrics;
 mod registry;
@@ -68,7 +67,6 @@ mod store;
 mod twin;
 
 pub use config::HubConfig;
-pub use merge::{diff as merge_diff, merge as merge_patch};
 pub use methods::MethodError;
 pub use stats::{HubStats, QueueStats};
 pub use upstream::{UpstreamMessage, UpstreamQueue};

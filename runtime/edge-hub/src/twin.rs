@@ -12,7 +12,7 @@
 //!   write the in-memory twin is left unchanged.
 //! - Documents never hold a top-level `$version`; it is added when the twin is shown.
 
-use crate::merge::{diff, merge_object};
+use edge_core::json::{diff_object as diff, merge_object};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
