@@ -3,7 +3,8 @@
 # Idempotent: each step is skipped when its result is already there.
 #   - Debian packages: mosquitto (benchmark peer, upstream tests), iproute2/util-linux (netns)
 #   - a Python venv at .venv with ONNX Runtime (its shared library is what `ort` loads),
-#     numpy/scipy/onnx (model training) and asyncua (independent OPC UA client in tests)
+#     numpy/scipy/onnx (model training), asyncua (independent OPC UA client in tests) and
+#     azure-iot-device (Azure's unmodified Python module SDK, for the migration tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -22,7 +23,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     fi
 fi
 
-PY_REQS=(numpy==2.4.6 scipy==1.17.1 onnx==1.23.2 onnxruntime==1.31.1 asyncua==2.1.0)
+PY_REQS=(numpy==2.4.6 scipy==1.17.1 onnx==1.23.2 onnxruntime==1.31.1 asyncua==2.1.0
+         azure-iot-device==2.14.0)
 stamp=.venv/.reqs
 want="${PY_REQS[*]}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then

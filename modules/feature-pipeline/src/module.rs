@@ -88,6 +88,9 @@ impl Module for FeaturePipelineModule {
             Pipeline::build(first, base).map_err(|e| ModuleError::Config(e.to_string()))?;
         let mut pipeline = FeaturePipeline::new(pipeline);
         let mut counters = Counters::default();
+        let m_samples = ctx.metrics().counter("samples_total");
+        let m_invalid = ctx.metrics().counter("invalid_samples_total");
+        let m_bad_input = ctx.metrics().counter("bad_input_total");
         let mut input = ctx.input(INPUT);
         let mut last_report = Instant::now();
         while let Some(d) = ctx.next(&mut input).await {
@@ -109,10 +112,12 @@ impl Module for FeaturePipelineModule {
                 Ok(sample) => {
                     let v = pipeline.push(&sample);
                     counters.samples += 1;
+                    m_samples.inc();
                     if v.valid {
                         counters.valid += 1;
                     } else {
                         counters.invalid += 1;
+                        m_invalid.inc();
                         if counters.last_reasons.len() >= 10 {
                             counters.last_reasons.pop_front();
                         }
@@ -129,6 +134,7 @@ impl Module for FeaturePipelineModule {
                 }
                 Err(e) => {
                     counters.bad_input += 1;
+                    m_bad_input.inc();
                     warn!(error = %e, "Input is not a sample; dropped.");
                 }
             }

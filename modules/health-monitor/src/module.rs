@@ -85,6 +85,10 @@ impl Module for HealthMonitor {
         }
         let mut ticker = interval(cfg.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let cycles = ctx.metrics().counter("cycles_total");
+        let events = ctx.metrics().counter("events_total");
+        // 0 healthy, 1 degraded, 2 failed.
+        let state = ctx.metrics().gauge("state");
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -106,6 +110,13 @@ impl Module for HealthMonitor {
                 o = monitor.cycle() => o,
                 () = ctx.stopped() => return Ok(()),
             };
+            cycles.inc();
+            events.add(out.events.len() as u64);
+            state.set(match out.state.as_str() {
+                "healthy" => 0.0,
+                "degraded" => 1.0,
+                _ => 2.0,
+            });
             latest_tx.send_replace(out.health.clone());
             if !publish(&ctx, &out).await {
                 return Ok(());

@@ -61,7 +61,7 @@ pub enum SourceConfig {
     Tep(TepSource),
     /// Replay of CSV files with a timestamp column.
     Csv(CsvSource),
-    /// Live tags from an OPC UA server by subscription (not supported yet).
+    /// Live tags from an OPC UA server by subscription.
     Opcua(OpcUaSource),
 }
 
@@ -128,40 +128,182 @@ fn default_delimiter() -> char {
     ','
 }
 
-/// Live OPC UA tags by subscription. Accepted by the schema, refused by validation until the
-/// OPC UA client exists.
+/// Live OPC UA tags by subscription (security policy None, anonymous).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OpcUaSource {
-    /// Server endpoint, e.g. `opc.tcp://127.0.0.1:4840`.
+    /// Server endpoint, e.g. `opc.tcp://127.0.0.1:4840/`.
     pub endpoint: String,
     /// Node ids to subscribe to, with the tag name each is published under.
+    #[serde(default)]
     pub nodes: Vec<OpcUaNode>,
-    /// Requested sampling interval.
+    /// The 52 TEP variables by the simulator's convention, before `nodes`: `XMEAS(n)` from
+    /// `ns={namespace};s={prefix}XMEAS(n)`, `XMV(n)` from `ns={namespace};s={prefix}XMV(n).PV`.
+    #[serde(default)]
+    pub tep: Option<TepNodes>,
+    /// Requested sampling interval of every monitored node (the server may revise it).
     #[serde(default = "default_opcua_interval", with = "humantime_serde")]
     pub sampling_interval: Duration,
+    /// Requested publishing interval of the subscription; default: the sampling interval.
+    /// One message is sent per publish that carries a change.
+    #[serde(default, with = "humantime_serde")]
+    pub publishing_interval: Option<Duration>,
+    /// The `runId` of the published samples.
+    #[serde(default = "default_opcua_run")]
+    pub run_id: String,
+    /// First delay before reconnecting after the server went away; doubles up to `reconnectMax`.
+    #[serde(default = "default_reconnect_initial", with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// Largest delay between reconnect attempts.
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Client PKI directory (created when missing); default `opcua-pki` in the working directory.
+    #[serde(default)]
+    pub pki_dir: Option<PathBuf>,
 }
 
 fn default_opcua_interval() -> Duration {
     Duration::from_secs(1)
 }
 
+fn default_opcua_run() -> String {
+    "opcua".into()
+}
+
+fn default_reconnect_initial() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The TEP node naming convention of `tools/dcs-sim`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TepNodes {
+    /// Namespace index of the nodes (dcs-sim: 2).
+    pub namespace: u16,
+    /// String id prefix (dcs-sim: `TEP.`).
+    #[serde(default = "default_tep_prefix")]
+    pub prefix: String,
+}
+
+fn default_tep_prefix() -> String {
+    "TEP.".into()
+}
+
 /// One subscribed node.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OpcUaNode {
-    /// Node id, e.g. `ns=2;s=XMEAS(1)`.
+    /// Node id, e.g. `ns=2;s=TEP.XMEAS(1)`.
     pub node_id: String,
     /// Published tag name.
     pub tag: String,
 }
 
+/// A node of the subscription with the config field it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedNode {
+    /// The node id text.
+    pub node_id: String,
+    /// Published tag name.
+    pub tag: String,
+    /// Where it was configured, e.g. `source.nodes[3].nodeId` or `source.tep`.
+    pub field: String,
+}
+
+impl OpcUaSource {
+    /// Every node to subscribe to, in publishing order: the TEP convention's 52, then `nodes`.
+    #[must_use]
+    pub fn resolved_nodes(&self) -> Vec<ResolvedNode> {
+        let mut out = Vec::new();
+        if let Some(t) = &self.tep {
+            let (ns, p) = (t.namespace, &t.prefix);
+            out.extend((1..=41).map(|n| ResolvedNode {
+                node_id: format!("ns={ns};s={p}XMEAS({n})"),
+                tag: format!("XMEAS({n})"),
+                field: "source.tep".into(),
+            }));
+            out.extend((1..=11).map(|n| ResolvedNode {
+                node_id: format!("ns={ns};s={p}XMV({n}).PV"),
+                tag: format!("XMV({n})"),
+                field: "source.tep".into(),
+            }));
+        }
+        out.extend(self.nodes.iter().enumerate().map(|(i, n)| ResolvedNode {
+            node_id: n.node_id.clone(),
+            tag: n.tag.clone(),
+            field: format!("source.nodes[{i}].nodeId"),
+        }));
+        out
+    }
+
+    /// The publishing interval: configured, else the sampling interval.
+    #[must_use]
+    pub fn publishing(&self) -> Duration {
+        self.publishing_interval.unwrap_or(self.sampling_interval)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem: String| ConfigError::Invalid { field, problem };
+        if !self.endpoint.starts_with("opc.tcp://") {
+            return Err(invalid(
+                "source.endpoint",
+                format!("{:?} is not an opc.tcp:// URL", self.endpoint),
+            ));
+        }
+        let nodes = self.resolved_nodes();
+        if nodes.is_empty() {
+            return Err(invalid(
+                "source.nodes",
+                "name at least one node (or set source.tep)".into(),
+            ));
+        }
+        let mut tags = std::collections::HashSet::new();
+        for n in &nodes {
+            if n.node_id.parse::<opcua::types::NodeId>().is_err() {
+                return Err(invalid(
+                    "source.nodes",
+                    format!(
+                        "{}: {:?} is not a node id (e.g. ns=2;s=Name)",
+                        n.field, n.node_id
+                    ),
+                ));
+            }
+            if n.tag.is_empty() || !tags.insert(n.tag.as_str()) {
+                return Err(invalid(
+                    "source.nodes",
+                    format!("{}: tag {:?} is empty or used twice", n.field, n.tag),
+                ));
+            }
+        }
+        if self.sampling_interval.is_zero() {
+            return Err(invalid(
+                "source.samplingInterval",
+                "must be positive".into(),
+            ));
+        }
+        if self.publishing().is_zero() {
+            return Err(invalid(
+                "source.publishingInterval",
+                "must be positive".into(),
+            ));
+        }
+        if self.reconnect_initial.is_zero() || self.reconnect_max < self.reconnect_initial {
+            return Err(invalid(
+                "source.reconnectInitial",
+                "must be positive and at most source.reconnectMax".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why a configuration is refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
-    /// The source type is part of the schema but not implemented yet.
-    #[error("source.type: {0} is not supported yet")]
-    Unsupported(&'static str),
     /// A field has a value outside its range.
     #[error("{field}: {problem}")]
     Invalid {
@@ -197,7 +339,7 @@ impl IngestConfig {
             return Err(invalid("start", "must be an RFC 3339 time"));
         }
         match &self.source {
-            SourceConfig::Opcua(_) => Err(ConfigError::Unsupported("opcua")),
+            SourceConfig::Opcua(o) => o.check(),
             SourceConfig::Tep(t) => {
                 if t.files.is_empty() {
                     return Err(invalid("source.files", "must name at least one file"));

@@ -1,6 +1,6 @@
 //! `historian-ingest`: replays historian data (Tennessee Eastman `.dat` files, CSV files) into
 //! the hub, one message per sample, paced at real time × a speed-up factor or as fast as the
-//! hub accepts. Live OPC UA tags are part of the config schema but not implemented yet.
+//! hub accepts, or publishes live tags read from an OPC UA server by subscription.
 //!
 //! # Configuration (the module twin's desired properties)
 //!
@@ -27,8 +27,18 @@
 //!   required without a header, overrides it), `timestampColumn` (default `timestamp`; RFC 3339
 //!   or unix epoch milliseconds), `delimiter` (default `,`). No quoting beyond stripping `"`
 //!   around a field.
-//! - `source.type = "opcua"`: `endpoint`, `nodes: [{"nodeId", "tag"}]`, `samplingInterval`;
-//!   refused by validation with "source.type: opcua is not supported yet".
+//! - `source.type = "opcua"` (live, see [`live`]): `endpoint` (`opc.tcp://…`, security policy
+//!   None, anonymous), `nodes: [{"nodeId": "ns=2;s=…", "tag": "…"}]` and/or `tep:
+//!   {"namespace": 2, "prefix": "TEP."}` (the 52 TEP variables by `tools/dcs-sim`'s naming:
+//!   `XMEAS(n)` ← `ns=2;s=TEP.XMEAS(n)`, `XMV(n)` ← `ns=2;s=TEP.XMV(n).PV`, published under
+//!   the TEP file source's tag names), `samplingInterval` (default `1s`),
+//!   `publishingInterval` (default: the sampling interval), `runId` (default `opcua`),
+//!   `reconnectInitial`/`reconnectMax` (back-off, default `500ms`/`30s`), `pkiDir` (client
+//!   PKI, default `opcua-pki`). One message per publish that carries a change, with every
+//!   tag's last value; `ts` is the newest server timestamp of the publish, `ingestedAt` the
+//!   wall clock. A node id that does not parse is refused by validation, one the server does
+//!   not have (or that is not a variable) when subscribing; both name the config field
+//!   (`source.nodes[i].nodeId`). `speed`, `badRows`, `loop`, `tags` and `start` do not apply.
 //! - `speed`: `0` (default) = as fast as the hub accepts (the SDK's send waits while its
 //!   buffer of unacknowledged messages is full, so memory stays bounded); `s > 0` = simulated
 //!   time runs `s` times faster than the wall clock (`60` turns 3 min into 3 s).
@@ -63,6 +73,12 @@
 //! `reportEvery`, at the end of each file and at the end. After the end the module stays idle
 //! until it is stopped (exiting would make the agent restart it) or reconfigured.
 //!
+//! Live source: `{"live": {"state": "connecting" | "subscribed" | "disconnected" | "refused",
+//! "endpoint", "samplesSent", "dropped", "lastError"}}` on every change of state and every
+//! `reportEvery`. A refused source idles until reconfigured. A live server is not paused:
+//! samples the hub does not take are queued up to [`live::LIVE_QUEUE`], then dropped and
+//! counted.
+//!
 //! # Layout
 //!
 //! - `config`: [`IngestConfig`] and its validation.
@@ -70,18 +86,22 @@
 //! - `replay`: [`Replayer`], the state machine over files (tag mapping, simulated time,
 //!   bad-row policy, counters), [`Sample`] and its message form.
 //! - `pacing`: [`due_after`], the speed-factor calculation.
+//! - `live`: [`LiveSource`], the OPC UA subscription (async-opcua client, reconnect with
+//!   back-off) producing [`Sample`]s.
 //! - `module`: [`HistorianIngest`], the thin SDK wrapper.
 
 mod config;
+pub mod live;
 mod module;
 mod pacing;
 mod reader;
 mod replay;
 
 pub use config::{
-    BadRowPolicy, ConfigError, CsvSource, IngestConfig, OpcUaNode, OpcUaSource, SourceConfig,
-    TEP_VARIABLES, TepLayout, TepSource,
+    BadRowPolicy, ConfigError, CsvSource, IngestConfig, OpcUaNode, OpcUaSource, ResolvedNode,
+    SourceConfig, TEP_VARIABLES, TepLayout, TepNodes, TepSource,
 };
+pub use live::{LiveEvent, LiveSource};
 pub use module::{HistorianIngest, OUTPUT};
 pub use pacing::due_after;
 pub use reader::{BadRow, BadRowReason, FileReader, Row, parse_timestamp, tep_tags};

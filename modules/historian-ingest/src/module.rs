@@ -1,6 +1,7 @@
 //! The module: drives a [`Replayer`] against the hub (pacing, back-pressure, reporting).
 
-use crate::config::IngestConfig;
+use crate::config::{IngestConfig, OpcUaSource, SourceConfig};
+use crate::live::{LiveEvent, LiveSource};
 use crate::pacing::due_after;
 use crate::replay::{Event, Replayer};
 use edge_sdk::{Module, ModuleContext, ModuleError, SendError};
@@ -31,7 +32,11 @@ impl Module for HistorianIngest {
         let mut changes = ctx.config_changes();
         loop {
             let cfg = changes.borrow_and_update().clone();
-            match replay(&ctx, &cfg, &mut changes).await? {
+            let outcome = match &cfg.source {
+                SourceConfig::Opcua(src) => live(&ctx, &cfg, src, &mut changes).await?,
+                _ => replay(&ctx, &cfg, &mut changes).await?,
+            };
+            match outcome {
                 Outcome::Restart => info!("Configuration changed; replay restarts."),
                 Outcome::Stop => return Ok(()),
             }
@@ -70,12 +75,121 @@ async fn send(
     }
 }
 
+/// The `live` section of the reported properties.
+fn live_report(
+    src: &OpcUaSource,
+    state: &str,
+    sent: u64,
+    dropped: u64,
+    error: Option<&str>,
+) -> serde_json::Value {
+    serde_json::json!({"live": {
+        "state": state,
+        "endpoint": src.endpoint,
+        "samplesSent": sent,
+        "dropped": dropped,
+        "lastError": error,
+    }})
+}
+
+/// Publishes the samples of a live OPC UA subscription until stopped or reconfigured.
+async fn live(
+    ctx: &ModuleContext<IngestConfig>,
+    cfg: &IngestConfig,
+    src: &OpcUaSource,
+    changes: &mut watch::Receiver<Arc<IngestConfig>>,
+) -> Result<Outcome, ModuleError> {
+    let mut source = Some(LiveSource::start(src.clone()));
+    let published = ctx.metrics().counter("samples_published_total");
+    let mut state = "connecting";
+    let mut sent = 0u64;
+    let mut last_error: Option<String> = None;
+    let mut report_tick = tokio::time::interval(cfg.report_every);
+    report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            () = ctx.stopped() => return Ok(Outcome::Stop),
+            r = changes.changed() => {
+                if r.is_ok() {
+                    return Ok(Outcome::Restart);
+                }
+                ctx.stopped().await;
+                return Ok(Outcome::Stop);
+            }
+            _ = report_tick.tick() => None,
+            ev = async {
+                match source.as_mut() {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            } => match ev {
+                Some(ev) => Some(ev),
+                // The source ended (a refused node): idle until reconfigured or stopped.
+                None => {
+                    source = None;
+                    None
+                }
+            },
+        };
+        let mut force_report = false;
+        match event {
+            None => force_report = true,
+            Some(LiveEvent::Sample(s)) => {
+                if !send(ctx, s.to_message()).await? {
+                    return Ok(Outcome::Stop);
+                }
+                published.inc();
+                sent += 1;
+                if state != "subscribed" {
+                    state = "subscribed";
+                    force_report = true;
+                }
+            }
+            Some(LiveEvent::Subscribed {
+                publishing_interval,
+            }) => {
+                info!(endpoint = %src.endpoint, ?publishing_interval, "Subscribed.");
+                state = "subscribed";
+                force_report = true;
+            }
+            Some(LiveEvent::Disconnected { reason, retry_in }) => {
+                warn!(endpoint = %src.endpoint, %reason, ?retry_in, "OPC UA server unreachable; retrying.");
+                state = "disconnected";
+                last_error = Some(reason);
+                force_report = true;
+            }
+            Some(LiveEvent::Refused {
+                field,
+                node_id,
+                status,
+            }) => {
+                let e = format!("{field}: node {node_id} refused by the server: {status}");
+                warn!(error = %e, "OPC UA source refused; waiting for a new configuration.");
+                state = "refused";
+                last_error = Some(e);
+                source = None;
+                force_report = true;
+            }
+        }
+        if force_report {
+            let dropped = source.as_ref().map_or(0, LiveSource::dropped);
+            let r = live_report(src, state, sent, dropped, last_error.as_deref());
+            if let Err(e) = ctx.report(&r).await {
+                warn!(error = %e, "Could not report progress.");
+            }
+        }
+    }
+}
+
 async fn replay(
     ctx: &ModuleContext<IngestConfig>,
     cfg: &IngestConfig,
     changes: &mut watch::Receiver<Arc<IngestConfig>>,
 ) -> Result<Outcome, ModuleError> {
     let mut replayer = Replayer::new(cfg.clone());
+    let published = ctx.metrics().counter("samples_published_total");
+    let bad_rows = ctx.metrics().counter("bad_rows_total");
+    let files_done = ctx.metrics().counter("files_replayed_total");
     report(ctx, &replayer).await;
     let mut last_report = Instant::now();
     // (run id, wall time of its first sample, simulated offset of its first sample)
@@ -108,13 +222,19 @@ async fn replay(
                 if !send(ctx, s.to_message()).await? {
                     return Ok(Outcome::Stop);
                 }
+                published.inc();
             }
-            Event::Skipped(bad) => warn!(row = %bad, "Bad row skipped."),
+            Event::Skipped(bad) => {
+                bad_rows.inc();
+                warn!(row = %bad, "Bad row skipped.");
+            }
             Event::Stopped(bad) => {
+                bad_rows.inc();
                 warn!(row = %bad, "Bad row; replay stopped.");
                 force_report = true;
             }
             Event::FileDone(path) => {
+                files_done.inc();
                 info!(file = %path.display(), "File replayed.");
                 force_report = true;
             }

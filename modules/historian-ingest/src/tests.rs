@@ -338,15 +338,53 @@ fn message_has_properties_and_json_body() {
 #[test]
 fn config_validation() {
     let bad = |v: serde_json::Value| edge_sdk::parse_config::<IngestConfig>(&v).unwrap_err();
-    let e = bad(
-        json!({"source": {"type": "opcua", "endpoint": "opc.tcp://127.0.0.1:4840",
-        "nodes": [{"nodeId": "ns=2;s=XMEAS(1)", "tag": "XMEAS(1)"}], "samplingInterval": "1s"}}),
+    // OPC UA: a valid source, then each problem named by its field.
+    let ok = cfg(
+        json!({"source": {"type": "opcua", "endpoint": "opc.tcp://127.0.0.1:4840/",
+        "tep": {"namespace": 2},
+        "nodes": [{"nodeId": "ns=2;s=Advisory.T2", "tag": "T2"}], "samplingInterval": "100ms"}}),
     );
-    assert_eq!(e, "source.type: opcua is not supported yet");
-    let c: IngestConfig =
-        serde_json::from_value(json!({"source": {"type": "opcua", "endpoint": "x", "nodes": []}}))
-            .unwrap();
-    assert_eq!(c.check(), Err(ConfigError::Unsupported("opcua")));
+    let SourceConfig::Opcua(o) = &ok.source else {
+        panic!("opcua")
+    };
+    let nodes = o.resolved_nodes();
+    assert_eq!(nodes.len(), 53);
+    assert_eq!(nodes[0].node_id, "ns=2;s=TEP.XMEAS(1)");
+    assert_eq!(nodes[0].tag, "XMEAS(1)");
+    assert_eq!(nodes[51].node_id, "ns=2;s=TEP.XMV(11).PV");
+    assert_eq!(nodes[51].tag, "XMV(11)");
+    assert_eq!(nodes[52].field, "source.nodes[0].nodeId");
+    assert_eq!(o.publishing(), Duration::from_millis(100));
+    let opc = |extra: serde_json::Value| {
+        let mut src = json!({"type": "opcua", "endpoint": "opc.tcp://h:4840/",
+            "nodes": [{"nodeId": "ns=2;s=A", "tag": "A"}, {"nodeId": "ns=2;s=B", "tag": "B"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            src[k] = v.clone();
+        }
+        bad(json!({ "source": src }))
+    };
+    let e = opc(
+        json!({"nodes": [{"nodeId": "ns=2;s=A", "tag": "A"}, {"nodeId": "ns=2;q=B", "tag": "B"}]}),
+    );
+    assert!(
+        e.contains("source.nodes[1].nodeId") && e.contains("ns=2;q=B"),
+        "{e}"
+    );
+    let e = opc(
+        json!({"nodes": [{"nodeId": "ns=2;s=A", "tag": "A"}, {"nodeId": "ns=2;s=B", "tag": "A"}]}),
+    );
+    assert!(
+        e.contains("source.nodes[1].nodeId") && e.contains("used twice"),
+        "{e}"
+    );
+    assert!(opc(json!({"nodes": []})).contains("source.nodes"));
+    assert!(opc(json!({"endpoint": "http://h/"})).contains("source.endpoint"));
+    assert!(opc(json!({"samplingInterval": "0s"})).contains("source.samplingInterval"));
+    assert!(opc(json!({"publishingInterval": "0s"})).contains("source.publishingInterval"));
+    assert!(
+        opc(json!({"reconnectInitial": "1m", "reconnectMax": "1s"}))
+            .contains("source.reconnectInitial")
+    );
     assert!(bad(json!({"source": {"type": "tep", "files": []}})).contains("source.files"));
     assert!(bad(json!({"source": {"type": "tep", "files": ["a"]}, "speed": -1})).contains("speed"));
     assert!(bad(json!({"source": {"type": "tep", "files": ["a"]}, "sped": 1})).contains("sped"));

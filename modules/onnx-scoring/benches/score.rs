@@ -1,5 +1,7 @@
-//! Scoring latency (batch 1) and throughput (batch 256) through `Scorer`, next to a bare
-//! `ort` `session.run` on the same model, so the wrapper's overhead is visible.
+//! Scoring latency (batch 1) and throughput (batch 256) through `Scorer::score_into` (what the
+//! module runs per batch: statistics, alarms and the top 3 contributors per row, buffers
+//! reused), next to a bare `ort` `session.run` on the same model, so the wrapper's overhead is
+//! visible; `scorer_messages` adds building the `scores` messages (JSON bodies).
 //! Needs the ONNX Runtime library (see `onnx_scoring::runtime::locate`).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -43,8 +45,29 @@ fn bench(c: &mut Criterion) {
     for rows in [1usize, 256] {
         let x = inputs(rows);
         g.throughput(Throughput::Elements(rows as u64));
+        let mut scores = onnx_scoring::Scores::default();
         g.bench_with_input(BenchmarkId::new("scorer", rows), &x, |b, x| {
-            b.iter(|| black_box(scorer.score(x.view(), 3).expect("score")));
+            b.iter(|| {
+                scorer.score_into(x.view(), 3, &mut scores).expect("score");
+                black_box(&scores);
+            });
+        });
+        let mut identity = serde_json::Map::new();
+        identity.insert("runId".into(), "d01_te".into());
+        identity.insert("sample".into(), 161.into());
+        identity.insert("ts".into(), "2026-01-01T00:00:00.000Z".into());
+        g.bench_with_input(BenchmarkId::new("scorer_messages", rows), &x, |b, x| {
+            b.iter(|| {
+                scorer.score_into(x.view(), 3, &mut scores).expect("score");
+                for s in scores.iter() {
+                    black_box(onnx_scoring::module::score_message(
+                        &identity,
+                        "1.0.0",
+                        &s,
+                        &[],
+                    ));
+                }
+            });
         });
         g.bench_with_input(BenchmarkId::new("bare_ort", rows), &x, |b, x| {
             b.iter(|| {

@@ -52,6 +52,13 @@
 //! `ORT_DYLIB_PATH`, else twin `runtime.ortLibrary`, else [`runtime::VENV_LIBRARY`] under the
 //! working directory (or an ancestor) or the source tree ([`runtime::locate`]).
 //!
+//! # Cost per sample
+//! Scoring reuses its buffers ([`Scorer::score_into`] into a [`Scores`] kept by the loop):
+//! the top contributors come from `k` vectorized maximum passes over each row (no sort, no
+//! allocation), names are borrowed from the metadata, and the `scores` body is serialized
+//! straight from the score ([`module::score_message`]). `benches/score.rs` compares it with
+//! a bare `ort` run on the same model.
+//!
 //! Layout: `runtime` (library), `model` (load + verify), `scorer` (batch scoring), `swap`
 //! (live/candidate state machine), `module` (the SDK module).
 
@@ -64,5 +71,5 @@ pub mod swap;
 
 pub use model::{Metadata, ModelError, ModelSpec, load};
 pub use module::{Config, OnnxScoring};
-pub use scorer::{Contributor, RawOutputs, SampleScore, ScoreError, Scorer};
+pub use scorer::{Contributor, RawOutputs, SampleScore, ScoreError, Scorer, Scores, Top};
 pub use swap::{CandidateStatus, ShadowPolicy, Swap};

@@ -2,12 +2,13 @@
 //! by the twin.
 
 use crate::model::{self, ModelSpec};
-use crate::scorer::{SampleScore, Scorer};
+use crate::scorer::{Contributor, SampleScore, Scorer, Scores, Top};
 use crate::stats::ScoringStats;
 use crate::swap::{CandidateStatus, ShadowPolicy, Swap};
 use edge_sdk::{Delivery, Message, Module, ModuleConfig, ModuleContext, ModuleError, SysProp};
 use ndarray::Array2;
-use serde::Deserialize;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -212,19 +213,31 @@ pub fn parse_features(body: &[u8], width: usize) -> Result<Features, FeatureErro
 
 /// Builds the `scores` message for one sample: the identity fields, the model version and the
 /// score; application properties `alarm` (`true`/`false`) and `modelVersion`.
+///
+/// The body is the identity object with `modelVersion`, `t2`, `q`, `t2Limit`, `qLimit`,
+/// `t2Alarm`, `qAlarm`, `alarm` and `top` set (an identity field of the same name keeps its
+/// place and takes the score's value; the others follow in that order). Numbers are written
+/// as the `f64` of their `f32`, non-finite ones as `null`. It is serialized straight from the
+/// score, without an intermediate JSON tree.
 #[must_use]
 pub fn score_message(
     identity: &Map<String, Value>,
     version: &str,
-    score: &SampleScore,
+    score: &SampleScore<'_>,
     properties: &[(String, String)],
 ) -> Message {
-    let mut body = identity.clone();
-    body.insert("modelVersion".into(), json!(version));
-    if let Ok(Value::Object(s)) = serde_json::to_value(score) {
-        body.extend(s);
+    let body = ScoreBody {
+        identity,
+        version,
+        score,
+    };
+    // 9 fields with ~20 bytes each, the identity and ~90 bytes per contributor.
+    let mut bytes = Vec::with_capacity(256 + 96 * score.top.len());
+    // Writing into a Vec fails only for a non-string map key, which a `Map` cannot have.
+    if let Err(e) = serde_json::to_writer(&mut bytes, &body) {
+        warn!(error = %e, "Could not serialize a score.");
+        bytes.clear();
     }
-    let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
     let mut msg = Message::new(bytes)
         .with_system(SysProp::ContentType, "application/json")
         .with_system(SysProp::ContentEncoding, "utf-8");
@@ -234,6 +247,93 @@ pub fn score_message(
     msg.set_property("alarm", if score.alarm { "true" } else { "false" });
     msg.set_property("modelVersion", version);
     msg
+}
+
+/// The fields a `scores` body adds to the identity, in the order they are appended.
+const SCORE_FIELDS: [&str; 9] = [
+    "modelVersion",
+    "t2",
+    "q",
+    "t2Limit",
+    "qLimit",
+    "t2Alarm",
+    "qAlarm",
+    "alarm",
+    "top",
+];
+
+/// A `scores` body, serialized in place (see [`score_message`]).
+struct ScoreBody<'a> {
+    identity: &'a Map<String, Value>,
+    version: &'a str,
+    score: &'a SampleScore<'a>,
+}
+
+impl ScoreBody<'_> {
+    fn field<M: SerializeMap>(&self, map: &mut M, i: usize) -> Result<(), M::Error> {
+        let s = self.score;
+        let key = SCORE_FIELDS.get(i).copied().unwrap_or_default();
+        match i {
+            0 => map.serialize_entry(key, self.version),
+            1 => map.serialize_entry(key, &f64::from(s.t2)),
+            2 => map.serialize_entry(key, &f64::from(s.q)),
+            3 => map.serialize_entry(key, &s.t2_limit),
+            4 => map.serialize_entry(key, &s.q_limit),
+            5 => map.serialize_entry(key, &s.t2_alarm),
+            6 => map.serialize_entry(key, &s.q_alarm),
+            7 => map.serialize_entry(key, &s.alarm),
+            _ => map.serialize_entry(key, &TopBody(s.top)),
+        }
+    }
+}
+
+impl Serialize for ScoreBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        let mut written = [false; SCORE_FIELDS.len()];
+        for (k, v) in self.identity {
+            match SCORE_FIELDS.iter().position(|f| f == k) {
+                Some(i) => {
+                    written[i] = true;
+                    self.field(&mut map, i)?;
+                }
+                None => map.serialize_entry(k, v)?,
+            }
+        }
+        for (i, done) in written.iter().enumerate() {
+            if !done {
+                self.field(&mut map, i)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// `top` of a `scores` body: `[{"variable", "column", "contribution", "share"}, …]`.
+struct TopBody<'a>(Top<'a>);
+
+impl Serialize for TopBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for c in self.0.iter() {
+            seq.serialize_element(&ContributorBody(c))?;
+        }
+        seq.end()
+    }
+}
+
+struct ContributorBody<'a>(Contributor<'a>);
+
+impl Serialize for ContributorBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = &self.0;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("variable", c.variable)?;
+        map.serialize_entry("column", &c.column)?;
+        map.serialize_entry("contribution", &f64::from(c.contribution))?;
+        map.serialize_entry("share", &f64::from(c.share))?;
+        map.end()
+    }
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -299,6 +399,16 @@ impl Module for OnnxScoring {
         let mut tried: Option<ModelSpec> = None;
         let mut input = ctx.input(INPUT);
         let mut stats = ScoringStats::default();
+        // Present (at zero) from the start on /metrics.
+        for name in [
+            "scores_total",
+            "alarms_total",
+            "model_swaps_total",
+            "model_candidates_refused_total",
+        ] {
+            let _ = ctx.metrics().counter(name);
+        }
+        let mut scratch = Scratch::default();
         let mut report_tick = tokio::time::interval(std::time::Duration::from_secs(1));
         report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -326,6 +436,7 @@ impl Module for OnnxScoring {
                     if matches!(status, CandidateStatus::Promoted { .. }) {
                         spec = new;
                     }
+                    count_candidate(&ctx, &status);
                     info!(?status, "Candidate handled.");
                     report(&ctx, &swap).await;
                 }
@@ -333,8 +444,9 @@ impl Module for OnnxScoring {
                     let Some(first) = d else { break };
                     let cfg = ctx.config();
                     let batch = collect_batch(first, &mut input, cfg.batch).await;
-                    let promoted = process(&ctx, &mut swap, &mut stats, batch, cfg.top_contributors).await?;
+                    let promoted = process(&ctx, &mut swap, &mut stats, &mut scratch, batch, cfg.top_contributors).await?;
                     if let Some(changed) = promoted {
+                        count_candidate(&ctx, &changed);
                         if matches!(changed, CandidateStatus::Promoted { .. })
                             && let Some(t) = &tried
                         {
@@ -352,6 +464,22 @@ impl Module for OnnxScoring {
             let _ = ctx.report(&r).await;
         }
         Ok(())
+    }
+}
+
+/// Bucket bounds of the `batch_size` metric.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Counts a model swap or a refused candidate in the module's metrics.
+fn count_candidate(ctx: &ModuleContext<Config>, status: &CandidateStatus) {
+    match status {
+        CandidateStatus::Promoted { .. } => ctx.metrics().counter("model_swaps_total").inc(),
+        CandidateStatus::Refused { .. } => {
+            ctx.metrics()
+                .counter("model_candidates_refused_total")
+                .inc();
+        }
+        CandidateStatus::Shadowing { .. } => {}
     }
 }
 
@@ -381,6 +509,16 @@ async fn collect_batch(
     batch
 }
 
+/// Buffers reused from batch to batch, so that scoring does not allocate per batch.
+#[derive(Debug, Default)]
+struct Scratch {
+    rows: Vec<f32>,
+    live: Scores,
+    candidate: Scores,
+    live_alarms: Vec<bool>,
+    candidate_alarms: Vec<bool>,
+}
+
 /// Scores one batch with the live model (and the candidate in shadow), sends one `scores`
 /// message per scored sample, then acknowledges every message of the batch. Returns the
 /// candidate's new status when it was promoted or refused.
@@ -388,11 +526,13 @@ async fn process(
     ctx: &ModuleContext<Config>,
     swap: &mut Swap<Scorer>,
     stats: &mut ScoringStats,
+    scratch: &mut Scratch,
     batch: Vec<Delivery>,
     top_k: usize,
 ) -> Result<Option<CandidateStatus>, ModuleError> {
     let width = swap.live().width();
-    let mut rows = Vec::with_capacity(batch.len() * width);
+    let mut rows = std::mem::take(&mut scratch.rows);
+    rows.clear();
     let mut scored = Vec::with_capacity(batch.len());
     for (i, d) in batch.iter().enumerate() {
         match parse_features(&d.message.body, width) {
@@ -405,21 +545,30 @@ async fn process(
         }
     }
     let mut outcome = None;
+    let metrics = ctx.metrics();
+    metrics
+        .histogram("batch_size", BATCH_BUCKETS)
+        .observe(batch.len() as f64);
+    metrics.counter("scores_total").add(scored.len() as u64);
     let mut out = Vec::with_capacity(scored.len());
     if !scored.is_empty() {
         let x = Array2::from_shape_vec((scored.len(), width), rows).map_err(ModuleError::other)?;
-        let scores = swap
-            .live_mut()
-            .score(x.view(), top_k)
+        swap.live_mut()
+            .score_into(x.view(), top_k, &mut scratch.live)
             .map_err(ModuleError::other)?;
-        let version = swap.live_version().to_string();
         if let Some(cand) = swap.candidate_mut() {
-            let live_alarms: Vec<bool> = scores.iter().map(|s| s.alarm).collect();
             let now = SystemTime::now();
-            outcome = match cand.score(x.view(), 0) {
-                Ok(c) => {
-                    let cand_alarms: Vec<bool> = c.iter().map(|s| s.alarm).collect();
-                    swap.observe(&live_alarms, &cand_alarms, now)
+            outcome = match cand.score_into(x.view(), 0, &mut scratch.candidate) {
+                Ok(()) => {
+                    scratch.live_alarms.clear();
+                    scratch
+                        .live_alarms
+                        .extend(scratch.live.iter().map(|s| s.alarm));
+                    scratch.candidate_alarms.clear();
+                    scratch
+                        .candidate_alarms
+                        .extend(scratch.candidate.iter().map(|s| s.alarm));
+                    swap.observe(&scratch.live_alarms, &scratch.candidate_alarms, now)
                 }
                 Err(e) => {
                     let v = swap.candidate_version().unwrap_or_default().to_string();
@@ -427,15 +576,24 @@ async fn process(
                 }
             };
         }
-        for ((i, identity), s) in scored.iter().zip(&scores) {
-            stats.record(identity, s);
+        // The version that scored this batch (a promotion above takes effect from the next).
+        let version = scratch.live.version().unwrap_or_default();
+        let alarms = ctx.metrics().counter("alarms_total");
+        for ((i, identity), s) in scored.iter().zip(scratch.live.iter()) {
+            stats.record(identity, &s);
+            if s.alarm {
+                alarms.inc();
+            }
             out.push(score_message(
                 identity,
-                &version,
-                s,
+                version,
+                &s,
                 &batch[*i].message.properties,
             ));
         }
+        scratch.rows = x.into_raw_vec_and_offset().0;
+    } else {
+        scratch.rows = rows;
     }
     for m in out {
         ctx.send(OUTPUT, m).await?;
@@ -503,7 +661,7 @@ mod tests {
             t2_alarm: true,
             q_alarm: false,
             alarm: true,
-            top: vec![],
+            top: Top::EMPTY,
         };
         let mut id = Map::new();
         id.insert("runId".into(), json!("d01"));
@@ -521,6 +679,29 @@ mod tests {
         assert_eq!(v["alarm"], true);
         assert_eq!(v["t2Alarm"], true);
         assert_eq!(v["qAlarm"], false);
+    }
+
+    #[test]
+    fn score_body_keeps_identity_order_and_overrides_colliding_fields() {
+        let score = SampleScore {
+            t2: 0.1,
+            q: f32::NAN,
+            t2_limit: 25.0,
+            q_limit: 40.0,
+            t2_alarm: false,
+            q_alarm: false,
+            alarm: false,
+            top: Top::EMPTY,
+        };
+        let mut id = Map::new();
+        id.insert("runId".into(), json!("d01"));
+        id.insert("alarm".into(), json!("from the producer"));
+        id.insert("sample".into(), json!(3));
+        let m = score_message(&id, "2.0.0", &score, &[]);
+        // As a JSON tree merge would give: identity order, colliding keys replaced in place,
+        // f32 widened to f64, non-finite as null.
+        let want = r#"{"runId":"d01","alarm":false,"sample":3,"modelVersion":"2.0.0","t2":0.10000000149011612,"q":null,"t2Limit":25.0,"qLimit":40.0,"t2Alarm":false,"qAlarm":false,"top":[]}"#;
+        assert_eq!(std::str::from_utf8(&m.body).unwrap(), want);
     }
 
     #[test]

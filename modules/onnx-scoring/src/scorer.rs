@@ -1,10 +1,14 @@
 //! Scoring a batch of feature vectors with a verified model.
+//!
+//! The hot path ([`Scorer::score_into`]) reads the model's outputs where ONNX Runtime left
+//! them and writes into a caller-owned [`Scores`], so a batch allocates nothing once the
+//! buffers have grown: the top contributors of a row are chosen by `k` maximum passes over
+//! its contributions (no sort, no per-row vector), and variable names are borrowed from the model's metadata when a result is read.
 
 use crate::model::Metadata;
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView1, ArrayView2, Ix1, Ix2};
 use ort::session::Session;
 use ort::value::TensorRef;
-use serde::Serialize;
 use std::sync::Arc;
 
 /// Scoring a batch failed.
@@ -50,23 +54,82 @@ pub struct RawOutputs {
 }
 
 /// One variable's share of a sample's Q statistic.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Contributor {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Contributor<'a> {
     /// The variable's name, e.g. `XMEAS(9) Reactor temperature`.
-    pub variable: String,
+    pub variable: &'a str,
     /// 1-based column of the variable in the feature vector.
     pub column: usize,
     /// Its contribution to Q (squared scaled residual).
     pub contribution: f32,
-    /// `contribution / q` (0 when q is 0).
+    /// `contribution / q` (0 when q is not positive).
     pub share: f32,
 }
 
-/// The result for one sample.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SampleScore {
+/// The variables contributing most to one sample's Q, largest first (ties: lower column
+/// first). A view into a [`Scores`]; names come from the model's metadata.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Top<'a> {
+    /// `(0-based column, contribution)`, largest first.
+    entries: &'a [(u32, f32)],
+    names: &'a [String],
+    q: f32,
+}
+
+impl<'a> Top<'a> {
+    /// No contributors.
+    pub const EMPTY: Top<'static> = Top {
+        entries: &[],
+        names: &[],
+        q: 0.0,
+    };
+
+    /// Number of contributors.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are none (`topContributors` 0).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The `i`-th largest contributor.
+    #[must_use]
+    pub fn get(&self, i: usize) -> Option<Contributor<'a>> {
+        self.entries
+            .get(i)
+            .map(|&(col, c)| self.contributor(col, c))
+    }
+
+    /// The contributors, largest first.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Contributor<'a>> + 'a {
+        let this = *self;
+        self.entries
+            .iter()
+            .map(move |&(col, c)| this.contributor(col, c))
+    }
+
+    fn contributor(&self, col: u32, contribution: f32) -> Contributor<'a> {
+        let i = col as usize;
+        Contributor {
+            variable: self.names.get(i).map_or("", String::as_str),
+            column: i + 1,
+            contribution,
+            share: if self.q > 0.0 {
+                contribution / self.q
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// The result for one sample (a view into a [`Scores`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleScore<'a> {
     /// Hotelling T².
     pub t2: f32,
     /// Q (SPE).
@@ -82,7 +145,99 @@ pub struct SampleScore {
     /// `t2_alarm || q_alarm`.
     pub alarm: bool,
     /// The variables contributing most to Q, largest first.
-    pub top: Vec<Contributor>,
+    pub top: Top<'a>,
+}
+
+/// The scores of a batch, stored column by column. Filled by [`Scorer::score_into`], which
+/// reuses its buffers: keep one per scoring loop and scoring stops allocating.
+///
+/// # Invariants
+/// `t2.len() == q.len()` = rows; `top.len() == rows * per_row`; the columns in `top` are
+/// below the width of `metadata`'s model, which produced the scores.
+#[derive(Debug, Clone, Default)]
+pub struct Scores {
+    t2: Vec<f32>,
+    q: Vec<f32>,
+    top: Vec<(u32, f32)>,
+    per_row: usize,
+    metadata: Option<Arc<Metadata>>,
+    /// Scratch for [`select_top`].
+    keys: Vec<i32>,
+}
+
+impl Scores {
+    /// Number of scored rows.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.t2.len()
+    }
+
+    /// True when no row was scored.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.t2.is_empty()
+    }
+
+    /// The version of the model that produced these scores (`None` before the first batch).
+    #[must_use]
+    pub fn version(&self) -> Option<&str> {
+        self.metadata.as_deref().map(|m| m.version.as_str())
+    }
+
+    /// The score of row `i`.
+    #[must_use]
+    pub fn get(&self, i: usize) -> Option<SampleScore<'_>> {
+        (i < self.len()).then(|| self.row(i))
+    }
+
+    /// Every row's score, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = SampleScore<'_>> + '_ {
+        (0..self.len()).map(|i| self.row(i))
+    }
+
+    /// Row `i < len` (rows exist only with the metadata of the model that scored them).
+    fn row(&self, i: usize) -> SampleScore<'_> {
+        let (t2_limit, q_limit, names) = self
+            .metadata
+            .as_deref()
+            .map_or((f64::INFINITY, f64::INFINITY, &[][..]), |m| {
+                (m.t2_limit, m.q_limit, &m.variables[..])
+            });
+        let (t2, q) = (self.t2[i], self.q[i]);
+        let entries = self
+            .top
+            .get(i * self.per_row..(i + 1) * self.per_row)
+            .unwrap_or_default();
+        let t2_alarm = f64::from(t2) > t2_limit;
+        let q_alarm = f64::from(q) > q_limit;
+        SampleScore {
+            t2,
+            q,
+            t2_limit,
+            q_limit,
+            t2_alarm,
+            q_alarm,
+            alarm: t2_alarm || q_alarm,
+            top: Top { entries, names, q },
+        }
+    }
+
+    fn reset(&mut self, metadata: &Arc<Metadata>, rows: usize, per_row: usize) {
+        if !self
+            .metadata
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, metadata))
+        {
+            self.metadata = Some(Arc::clone(metadata));
+        }
+        self.per_row = per_row;
+        self.t2.clear();
+        self.q.clear();
+        self.top.clear();
+        self.t2.reserve(rows);
+        self.q.reserve(rows);
+        self.top.reserve(rows * per_row);
+    }
 }
 
 /// A loaded, verified model that scores batches. Built by [`crate::model::load`].
@@ -102,6 +257,13 @@ impl std::fmt::Debug for Scorer {
             .field("version", &self.metadata.version)
             .field("sha256", &self.sha256)
             .finish_non_exhaustive()
+    }
+}
+
+fn ort_err(stage: &'static str) -> impl Fn(ort::Error) -> ScoreError {
+    move |e| ScoreError::Ort {
+        stage,
+        message: e.to_string(),
     }
 }
 
@@ -138,11 +300,13 @@ impl Scorer {
         self.metadata.variables.len()
     }
 
-    /// Runs the model on `x` (`[N, width]`, raw measurements) and returns its outputs.
-    ///
-    /// # Errors
-    /// [`ScoreError`] on a wrong width, an ONNX Runtime failure or unexpected output shapes.
-    pub fn run_raw(&mut self, x: ArrayView2<'_, f32>) -> Result<RawOutputs, ScoreError> {
+    /// Runs the model on `x` and hands `f` views of its outputs `t2` `[N]`, `q` `[N]` and
+    /// `contrib` `[N, width]`, shapes checked, without copying them.
+    fn run_with<R>(
+        &mut self,
+        x: ArrayView2<'_, f32>,
+        f: impl FnOnce(ArrayView1<'_, f32>, ArrayView1<'_, f32>, ArrayView2<'_, f32>) -> R,
+    ) -> Result<R, ScoreError> {
         let width = self.width();
         if x.ncols() != width {
             return Err(ScoreError::Width {
@@ -151,143 +315,231 @@ impl Scorer {
             });
         }
         let n = x.nrows();
-        let ort_err = |stage: &'static str| {
-            move |e: ort::Error| ScoreError::Ort {
-                stage,
-                message: e.to_string(),
-            }
-        };
         let x = x.as_standard_layout();
         let input = TensorRef::from_array_view(&x).map_err(ort_err("creating the input tensor"))?;
         let out = self
             .session
             .run(ort::inputs!["x" => input])
             .map_err(ort_err("running the model"))?;
-        let vector = |name: &'static str| -> Result<Vec<f32>, ScoreError> {
-            let v = out
-                .get(name)
+        let array = |name: &'static str| {
+            out.get(name)
                 .ok_or(ScoreError::OutputShape {
                     name,
                     shape: Vec::new(),
                     expected: "an output of that name".into(),
                 })?
                 .try_extract_array::<f32>()
-                .map_err(ort_err("reading an output"))?;
-            if v.shape() != [n] {
-                return Err(ScoreError::OutputShape {
+                .map_err(ort_err("reading an output"))
+        };
+        let vector = |name: &'static str| {
+            let v = array(name)?;
+            let shape = v.shape().to_vec();
+            v.into_dimensionality::<Ix1>()
+                .ok()
+                .filter(|v| v.len() == n)
+                .ok_or_else(|| ScoreError::OutputShape {
                     name,
-                    shape: v.shape().to_vec(),
+                    shape,
                     expected: format!("[{n}]"),
-                });
-            }
-            Ok(v.iter().copied().collect())
+                })
         };
         let t2 = vector("t2")?;
         let q = vector("q")?;
-        let c = out
-            .get("contrib")
-            .ok_or(ScoreError::OutputShape {
-                name: "contrib",
-                shape: Vec::new(),
-                expected: "an output of that name".into(),
-            })?
-            .try_extract_array::<f32>()
-            .map_err(ort_err("reading an output"))?;
+        let c = array("contrib")?;
+        let shape = c.shape().to_vec();
         let contrib = c
-            .into_dimensionality::<ndarray::Ix2>()
+            .into_dimensionality::<Ix2>()
             .ok()
             .filter(|c| c.dim() == (n, width))
             .ok_or_else(|| ScoreError::OutputShape {
                 name: "contrib",
-                shape: Vec::new(),
+                shape,
                 expected: format!("[{n}, {width}]"),
-            })?
-            .to_owned();
-        Ok(RawOutputs { t2, q, contrib })
+            })?;
+        Ok(f(t2, q, contrib))
     }
 
-    /// Scores `x` (`[N, width]`): statistics, limits, alarm flags and the `top_k` variables
-    /// contributing most to Q, for each row.
+    /// Runs the model on `x` (`[N, width]`, raw measurements) and returns copies of its outputs.
     ///
     /// # Errors
-    /// As [`Scorer::run_raw`].
-    pub fn score(
+    /// [`ScoreError`] on a wrong width, an ONNX Runtime failure or unexpected output shapes.
+    pub fn run_raw(&mut self, x: ArrayView2<'_, f32>) -> Result<RawOutputs, ScoreError> {
+        self.run_with(x, |t2, q, contrib| RawOutputs {
+            t2: t2.to_vec(),
+            q: q.to_vec(),
+            contrib: contrib.to_owned(),
+        })
+    }
+
+    /// Scores `x` (`[N, width]`) into `out`, replacing what it held: statistics, limits,
+    /// alarm flags and the `top_k` variables contributing most to Q, for each row. Reuses
+    /// `out`'s buffers; nothing is allocated per row.
+    ///
+    /// # Errors
+    /// As [`Scorer::run_raw`]; `out` is then empty.
+    pub fn score_into(
         &mut self,
         x: ArrayView2<'_, f32>,
         top_k: usize,
-    ) -> Result<Vec<SampleScore>, ScoreError> {
-        let raw = self.run_raw(x)?;
-        Ok(self.interpret(&raw, top_k))
+        out: &mut Scores,
+    ) -> Result<(), ScoreError> {
+        let per_row = top_k.min(self.width());
+        out.reset(&self.metadata, x.nrows(), per_row);
+        let Scores {
+            t2, q, top, keys, ..
+        } = out;
+        self.run_with(x, |t2_out, q_out, contrib| {
+            t2.extend(t2_out.iter().copied());
+            q.extend(q_out.iter().copied());
+            if per_row == 0 {
+                return;
+            }
+            match contrib.as_slice() {
+                Some(flat) => {
+                    for row in flat.chunks_exact(contrib.ncols()) {
+                        select_top(row, per_row, keys, top);
+                    }
+                }
+                // ONNX Runtime returns contiguous tensors; copy a row should one not be.
+                None => {
+                    let mut buf = Vec::with_capacity(contrib.ncols());
+                    for row in contrib.rows() {
+                        buf.clear();
+                        buf.extend(row.iter().copied());
+                        select_top(&buf, per_row, keys, top);
+                    }
+                }
+            }
+        })
+        .inspect_err(|_| {
+            t2.clear();
+            q.clear();
+            top.clear();
+        })
     }
 
-    /// Turns raw outputs into per-sample results (limits, alarms, top contributors).
-    #[must_use]
-    pub fn interpret(&self, raw: &RawOutputs, top_k: usize) -> Vec<SampleScore> {
-        let m = &self.metadata;
-        raw.t2
-            .iter()
-            .zip(&raw.q)
-            .zip(raw.contrib.rows())
-            .map(|((&t2, &q), row)| {
-                let t2_alarm = f64::from(t2) > m.t2_limit;
-                let q_alarm = f64::from(q) > m.q_limit;
-                SampleScore {
-                    t2,
-                    q,
-                    t2_limit: m.t2_limit,
-                    q_limit: m.q_limit,
-                    t2_alarm,
-                    q_alarm,
-                    alarm: t2_alarm || q_alarm,
-                    top: top_contributors(row.iter().copied(), q, &m.variables, top_k),
-                }
-            })
-            .collect()
+    /// Scores `x` (`[N, width]`) into a new [`Scores`]; see [`Scorer::score_into`], which a
+    /// scoring loop should call instead to reuse buffers.
+    ///
+    /// # Errors
+    /// As [`Scorer::run_raw`].
+    pub fn score(&mut self, x: ArrayView2<'_, f32>, top_k: usize) -> Result<Scores, ScoreError> {
+        let mut out = Scores::default();
+        self.score_into(x, top_k, &mut out)?;
+        Ok(out)
     }
 }
 
-/// The `k` largest contributions, largest first (ties: lower column first).
-fn top_contributors(
-    contrib: impl Iterator<Item = f32>,
-    q: f32,
-    names: &[String],
-    k: usize,
-) -> Vec<Contributor> {
-    let mut idx: Vec<(usize, f32)> = contrib.enumerate().collect();
-    idx.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    idx.into_iter()
-        .take(k)
-        .map(|(i, c)| Contributor {
-            variable: names
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| format!("x[{}]", i + 1)),
-            column: i + 1,
-            contribution: c,
-            share: if q > 0.0 { c / q } else { 0.0 },
-        })
-        .collect()
+/// `f32::total_cmp` as an integer: `key(a) < key(b)` iff `a.total_cmp(&b)` is `Less`.
+#[inline]
+fn key(v: f32) -> i32 {
+    // Same transform as `total_cmp`: flip the magnitude bits of negative numbers.
+    #[allow(clippy::cast_possible_wrap)]
+    let bits = v.to_bits() as i32;
+    #[allow(clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+    let flipped = bits ^ ((((bits >> 31) as u32) >> 1) as i32);
+    flipped
+}
+
+/// Appends the `k` (≤ the row's length) largest values of `row` to `out` as
+/// `(0-based column, value)`, largest first by `f32::total_cmp`, ties by lower column.
+///
+/// `k` passes over the row's keys (see [`key`], computed once into `keys`): each takes the
+/// maximum (a branch-free reduction the compiler vectorizes), finds its first column and
+/// marks it taken. For the small `k` of a contributor list this beats one pass that keeps
+/// the best so far, whose data-dependent branches mispredict on every new leader.
+fn select_top(row: &[f32], k: usize, keys: &mut Vec<i32>, out: &mut Vec<(u32, f32)>) {
+    let start = out.len();
+    keys.clear();
+    keys.extend(row.iter().map(|&v| key(v)));
+    for _ in 0..k {
+        let m = keys.iter().copied().fold(i32::MIN, i32::max);
+        let pos = if m == i32::MIN {
+            // `i32::MIN` marks taken columns (and is the key of one NaN bit pattern).
+            (0..row.len()).find(|&i| !out[start..].iter().any(|&(c, _)| c as usize == i))
+        } else {
+            keys.iter().position(|&x| x == m)
+        };
+        let Some(pos) = pos else { break };
+        #[allow(clippy::cast_possible_truncation)]
+        out.push((pos as u32, row[pos]));
+        keys[pos] = i32::MIN;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn top_of(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+        let mut out = vec![(99, 99.0)];
+        select_top(row, k.min(row.len()), &mut Vec::new(), &mut out);
+        assert_eq!(out[0], (99, 99.0), "what was there stays");
+        out.split_off(1)
+    }
+
+    /// The definition: sort by value descending (total order), then column ascending.
+    fn reference(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+        let mut idx: Vec<(u32, f32)> = row
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i as u32, v))
+            .collect();
+        idx.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        idx.truncate(k);
+        idx
+    }
+
     #[test]
-    fn top_contributors_are_sorted_and_named() {
-        let names: Vec<String> = ["a", "b", "c", "d"]
-            .iter()
-            .map(|s| (*s).to_string())
+    fn selection_equals_a_full_sort() {
+        let mut rows: Vec<Vec<f32>> = vec![
+            vec![1.0, 4.0, 4.0, 2.0],
+            vec![0.0],
+            vec![3.0, 3.0, 3.0, 3.0, 3.0],
+            vec![-1.0, -0.0, 0.0, f32::NAN, -f32::NAN, f32::INFINITY, 2.0],
+            vec![5.0, 4.0, 3.0, 2.0, 1.0, 0.5],
+            vec![0.5, 1.0, 2.0, 3.0, 4.0, 5.0],
+        ];
+        // A deterministic pseudo-random row of the model's width, with repeats.
+        let mut s = 0x2545_f491_u32;
+        let noisy: Vec<f32> = (0..52)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 20) as f32 / 4.0
+            })
             .collect();
-        let top = top_contributors([1.0, 4.0, 4.0, 2.0].into_iter(), 11.0, &names, 3);
-        let got: Vec<(&str, usize)> = top
-            .iter()
-            .map(|c| (c.variable.as_str(), c.column))
-            .collect();
+        let min_key_nan = f32::from_bits(u32::MAX);
+        rows.push(vec![min_key_nan, 1.0, min_key_nan, min_key_nan]);
+        for row in rows.iter().chain(std::iter::once(&noisy)) {
+            for k in 1..=row.len() {
+                let got = top_of(row, k);
+                let want = reference(row, k);
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.0, w.0, "row {row:?} k {k}");
+                    assert_eq!(g.1.to_bits(), w.1.to_bits());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn top_views_are_named_with_shares() {
+        let names: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| (*s).into()).collect();
+        let entries = top_of(&[1.0, 4.0, 4.0, 2.0], 3);
+        let top = Top {
+            entries: &entries,
+            names: &names,
+            q: 11.0,
+        };
+        let got: Vec<(&str, usize)> = top.iter().map(|c| (c.variable, c.column)).collect();
         assert_eq!(got, vec![("b", 2), ("c", 3), ("d", 4)]);
-        assert!((top[0].share - 4.0 / 11.0).abs() < 1e-6);
-        let none = top_contributors([0.0].into_iter(), 0.0, &names, 3);
-        assert_eq!(none.len(), 1);
-        assert!(none[0].share.abs() < f32::EPSILON);
+        assert_eq!(top.len(), 3);
+        assert!((top.get(0).unwrap().share - 4.0 / 11.0).abs() < 1e-6);
+        let zero_q = Top { q: 0.0, ..top };
+        assert!(zero_q.iter().all(|c| c.share == 0.0));
+        assert!(Top::EMPTY.is_empty());
     }
 }

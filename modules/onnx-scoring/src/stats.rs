@@ -26,12 +26,24 @@ struct RunStats {
     order: u64,
 }
 
+/// The latest scored sample, kept as plain fields (JSON is built only for a report).
+#[derive(Debug, Default, Clone)]
+struct Last {
+    run: String,
+    sample: Option<u64>,
+    t2: f32,
+    q: f32,
+    t2_limit: f64,
+    q_limit: f64,
+    alarm: bool,
+}
+
 /// Running totals.
 #[derive(Debug, Default)]
 pub struct ScoringStats {
     samples: u64,
     alarms: u64,
-    last: Option<Value>,
+    last: Option<Last>,
     runs: BTreeMap<String, RunStats>,
     next_order: u64,
     dirty: bool,
@@ -39,23 +51,26 @@ pub struct ScoringStats {
 
 impl ScoringStats {
     /// Records one scored sample; `identity` is the carried body (`runId`, `sample`, …).
-    pub fn record(&mut self, identity: &Map<String, Value>, s: &SampleScore) {
+    /// Allocates only for a run it has not seen.
+    pub fn record(&mut self, identity: &Map<String, Value>, s: &SampleScore<'_>) {
         self.samples += 1;
         self.dirty = true;
         if s.alarm {
             self.alarms += 1;
         }
-        let run = identity
-            .get("runId")
-            .and_then(Value::as_str)
-            .unwrap_or("-")
-            .to_owned();
+        let run = identity.get("runId").and_then(Value::as_str).unwrap_or("-");
         let sample = identity.get("sample").and_then(Value::as_u64);
-        self.last = Some(json!({
-            "runId": run, "sample": sample, "t2": s.t2, "q": s.q,
-            "t2Limit": s.t2_limit, "qLimit": s.q_limit, "alarm": s.alarm,
-        }));
-        if !self.runs.contains_key(&run) {
+        let last = self.last.get_or_insert_with(Last::default);
+        if last.run != run {
+            run.clone_into(&mut last.run);
+        }
+        last.sample = sample;
+        last.t2 = s.t2;
+        last.q = s.q;
+        last.t2_limit = s.t2_limit;
+        last.q_limit = s.q_limit;
+        last.alarm = s.alarm;
+        if !self.runs.contains_key(run) {
             if self.runs.len() >= MAX_RUNS
                 && let Some(oldest) = self
                     .runs
@@ -67,14 +82,14 @@ impl ScoringStats {
             }
             self.next_order += 1;
             self.runs.insert(
-                run.clone(),
+                run.to_owned(),
                 RunStats {
                     order: self.next_order,
                     ..RunStats::default()
                 },
             );
         }
-        if let Some(r) = self.runs.get_mut(&run) {
+        if let Some(r) = self.runs.get_mut(run) {
             r.samples += 1;
             let idx = sample.unwrap_or(r.samples);
             if s.alarm {
@@ -117,7 +132,11 @@ impl ScoringStats {
             .collect();
         Some(json!({"scoring": {
             "samples": self.samples, "alarms": self.alarms,
-            "last": self.last, "runs": runs, "sustainedRule": SUSTAINED,
+            "last": self.last.as_ref().map(|l| json!({
+                "runId": l.run, "sample": l.sample, "t2": l.t2, "q": l.q,
+                "t2Limit": l.t2_limit, "qLimit": l.q_limit, "alarm": l.alarm,
+            })),
+            "runs": runs, "sustainedRule": SUSTAINED,
         }}))
     }
 }
@@ -125,8 +144,9 @@ impl ScoringStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scorer::Top;
 
-    fn score(alarm: bool) -> SampleScore {
+    fn score(alarm: bool) -> SampleScore<'static> {
         SampleScore {
             t2: 1.0,
             q: 2.0,
@@ -135,7 +155,7 @@ mod tests {
             t2_alarm: alarm,
             q_alarm: false,
             alarm,
-            top: vec![],
+            top: Top::EMPTY,
         }
     }
 

@@ -84,26 +84,27 @@ fn good_model_loads_and_scores_golden_rows() {
             f64::from(sc.t2) > sc.t2_limit || f64::from(sc.q) > sc.q_limit
         );
         assert_eq!(sc.top.len(), 3);
+        let top: Vec<_> = sc.top.iter().collect();
         // Top contributor is the largest golden contribution.
         let c = &g.contrib.as_ref().unwrap()[i];
         let best = (0..52).max_by(|&a, &b| c[a].total_cmp(&c[b])).unwrap();
-        assert_eq!(sc.top[0].column, best + 1, "row {i}");
-        assert!(sc.top[0].contribution >= sc.top[1].contribution);
+        assert_eq!(top[0].column, best + 1, "row {i}");
+        assert!(top[0].contribution >= top[1].contribution);
+        assert!(top[1].contribution >= top[2].contribution);
     }
     // Normal row (d00_te row 0) has no alarm; d06_te row 500 (A feed loss) alarms, and the
     // names come from the metadata.
-    assert!(!scores[5].alarm);
-    assert!(scores[6].alarm);
-    assert!(
-        scores[6].top[0].variable.starts_with("X"),
-        "{}",
-        scores[6].top[0].variable
-    );
+    assert!(!scores.get(5).unwrap().alarm);
+    let s6 = scores.get(6).unwrap();
+    assert!(s6.alarm);
+    let v = s6.top.get(0).unwrap().variable;
+    assert!(v.starts_with("X"), "{v}");
     // Batch scoring equals one-by-one scoring.
     for (i, want) in scores.iter().enumerate() {
         let one = s.score(x.row(i).insert_axis(ndarray::Axis(0)), 3).unwrap();
-        assert_eq!(one[0].alarm, want.alarm);
-        assert!((one[0].q - want.q).abs() <= 1e-4 * want.q.abs().max(1.0));
+        let one = one.get(0).unwrap();
+        assert_eq!(one.alarm, want.alarm);
+        assert!((one.q - want.q).abs() <= 1e-4 * want.q.abs().max(1.0));
     }
 }
 
@@ -284,4 +285,87 @@ fn verified_candidate_shadows_then_takes_over() {
     swap.refuse("3.0.0", e.to_string());
     assert_eq!(swap.live_version(), "2.0.0");
     assert!(swap.live_mut().score(x.view(), 3).is_ok());
+}
+
+/// The `scores` body as the module built it before bodies were serialized in place: a JSON
+/// tree (identity, then `modelVersion` and the score fields merged in), contributors from a
+/// full sort of the raw contributions.
+fn reference_body(
+    identity: &serde_json::Map<String, Value>,
+    version: &str,
+    t2: f32,
+    q: f32,
+    contrib: &[f32],
+    m: &onnx_scoring::Metadata,
+    k: usize,
+) -> Vec<u8> {
+    let (names, limits) = (&m.variables, (m.t2_limit, m.q_limit));
+    let mut idx: Vec<(usize, f32)> = contrib.iter().copied().enumerate().collect();
+    idx.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let top: Vec<Value> = idx
+        .into_iter()
+        .take(k)
+        .map(|(i, c)| {
+            serde_json::json!({"variable": names[i], "column": i + 1, "contribution": c,
+                "share": if q > 0.0 { c / q } else { 0.0 }})
+        })
+        .collect();
+    let (t2_alarm, q_alarm) = (f64::from(t2) > limits.0, f64::from(q) > limits.1);
+    let mut body = identity.clone();
+    body.insert("modelVersion".into(), version.into());
+    let score = serde_json::json!({"t2": t2, "q": q, "t2Limit": limits.0, "qLimit": limits.1,
+        "t2Alarm": t2_alarm, "qAlarm": q_alarm, "alarm": t2_alarm || q_alarm, "top": top});
+    if let Value::Object(s) = score {
+        body.extend(s);
+    }
+    serde_json::to_vec(&Value::Object(body)).unwrap()
+}
+
+#[test]
+fn reused_scores_give_the_same_bodies_as_a_json_tree_with_a_full_sort() {
+    let mut s = load(&env(), &good_spec()).unwrap();
+    let g = golden();
+    let meta = s.metadata().clone();
+    // Golden rows repeated into batches of several sizes, scored into one reused `Scores`.
+    let mut scores = onnx_scoring::Scores::default();
+    for (rows, k) in [
+        (1usize, 3usize),
+        (40, 3),
+        (7, 0),
+        (13, 52),
+        (3, 60),
+        (40, 5),
+    ] {
+        let x: Vec<f32> = (0..rows).flat_map(|i| g.x[i % g.x.len()].clone()).collect();
+        let x = Array2::from_shape_vec((rows, 52), x).unwrap();
+        s.score_into(x.view(), k, &mut scores).unwrap();
+        assert_eq!(scores.len(), rows);
+        assert_eq!(scores.version(), Some("1.0.0"));
+        let raw = s.run_raw(x.view()).unwrap();
+        for (i, sc) in scores.iter().enumerate() {
+            let mut id = serde_json::Map::new();
+            id.insert("runId".into(), "golden".into());
+            id.insert("sample".into(), (i + 1).into());
+            id.insert("q".into(), "shadowed by the score".into());
+            let got = onnx_scoring::module::score_message(&id, "1.0.0", &sc, &[]).body;
+            let want = reference_body(
+                &id,
+                "1.0.0",
+                raw.t2[i],
+                raw.q[i],
+                raw.contrib.row(i).as_slice().unwrap(),
+                &meta,
+                k,
+            );
+            assert_eq!(
+                std::str::from_utf8(&got).unwrap(),
+                std::str::from_utf8(&want).unwrap(),
+                "batch {rows}, k {k}, row {i}"
+            );
+        }
+    }
+    // A failed batch leaves no stale rows behind.
+    let bad = Array2::<f32>::zeros((2, 51));
+    assert!(s.score_into(bad.view(), 3, &mut scores).is_err());
+    assert!(scores.is_empty());
 }

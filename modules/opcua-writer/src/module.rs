@@ -41,6 +41,59 @@ pub fn status_report(
     })
 }
 
+/// A metric and the counter it mirrors.
+type Mirrored = (edge_sdk::Counter, fn(&crate::engine::Counters) -> u64);
+
+/// The writer's series on edged's `/metrics` (`edge_module_…{module="opcua-writer"}`),
+/// mirrored from [`crate::engine::Counters`].
+struct WriterMetrics {
+    counters: [Mirrored; 13],
+    connected: edge_sdk::Gauge,
+    interlock: edge_sdk::Gauge,
+    pending: edge_sdk::Gauge,
+}
+
+impl WriterMetrics {
+    fn new(m: &edge_sdk::Metrics) -> Self {
+        use crate::engine::Counters as C;
+        let c = |name: &str| m.counter(name);
+        Self {
+            counters: [
+                (c("messages_total"), |c: &C| c.messages),
+                (c("writes_total"), |c: &C| c.written),
+                (c("writes_clamped_total"), |c: &C| c.clamped),
+                (c("writes_refused_total"), |c: &C| c.refused),
+                (c("writes_rate_limited_total"), |c: &C| c.rate_limited),
+                (c("writes_deadband_total"), |c: &C| c.deadband),
+                (c("interlock_blocked_total"), |c: &C| c.interlock_blocked),
+                (c("stale_total"), |c: &C| c.stale),
+                (c("version_blocked_total"), |c: &C| c.version_blocked),
+                (c("verify_failures_total"), |c: &C| c.mismatches),
+                (c("writes_failed_total"), |c: &C| c.failed),
+                (c("queued_total"), |c: &C| c.queued),
+                (c("bad_fields_total"), |c: &C| c.bad_fields),
+            ],
+            connected: m.gauge("dcs_connected"),
+            interlock: m.gauge("interlock_enabled"),
+            pending: m.gauge("pending_values"),
+        }
+    }
+
+    fn mirror(&self, w: &Writer) {
+        let c = w.counters();
+        for (counter, get) in &self.counters {
+            counter.advance_to(get(c));
+        }
+        self.pending.set(w.pending_len() as f64);
+    }
+
+    fn set_state(&self, connected: bool, interlock: Option<bool>) {
+        self.connected.set(f64::from(u8::from(connected)));
+        self.interlock
+            .set(f64::from(u8::from(interlock == Some(true))));
+    }
+}
+
 /// Parses an input message into what the writer needs.
 #[must_use]
 pub fn incoming(msg: &edge_sdk::Message) -> Option<Incoming> {
@@ -115,6 +168,7 @@ impl Module for WriterModule {
             });
         }
 
+        let metrics = WriterMetrics::new(ctx.metrics());
         let mut input = ctx.input(&cfg.input);
         let mut connected = dcs.connected();
         let mut interlock = dcs.interlock();
@@ -125,7 +179,11 @@ impl Module for WriterModule {
                 d = ctx.next(&mut input) => {
                     let Some(d) = d else { break };
                     match incoming(&d.message) {
-                        Some(m) => writer.lock().await.handle(&*dcs, &m).await,
+                        Some(m) => {
+                            let mut w = writer.lock().await;
+                            w.handle(&*dcs, &m).await;
+                            metrics.mirror(&w);
+                        }
                         None => tracing::warn!("input message is not JSON; ignored"),
                     }
                     d.ack().await?;
@@ -155,6 +213,8 @@ impl Module for WriterModule {
                 _ = report.tick() => {
                     let patch = {
                         let w = writer.lock().await;
+                        metrics.mirror(&w);
+                        metrics.set_state(*dcs.connected().borrow(), *dcs.interlock().borrow());
                         status_report(&w, *dcs.connected().borrow(), *dcs.interlock().borrow(), dcs.connects())
                     };
                     if let Err(e) = ctx.report(&patch).await {

@@ -87,6 +87,9 @@ pub struct AgentSetup {
     pub gateway_hostname: String,
     /// `EDGE_HUB_ADDR`: `host:port` of the hub's plain MQTT listener.
     pub hub_addr: String,
+    /// `IOTEDGE_WORKLOADURI`: the workload API Azure's SDKs sign tokens with
+    /// (`unix:///path/workload.sock` or `http://host:port`).
+    pub workload_uri: String,
     /// Relative module paths with a `/` are resolved against this directory.
     pub manifest_dir: PathBuf,
     /// Bare module binary names are looked up in these directories, in order.

@@ -209,25 +209,32 @@ pub(crate) fn identity_path(keys_dir: &Path, id: &ModuleId) -> PathBuf {
     keys_dir.join(format!("{id}.json"))
 }
 
+/// Loads the module's stored identity, `None` when it has none yet.
+pub(crate) fn load_identity(keys_dir: &Path, id: &ModuleId) -> io::Result<Option<ModuleIdentity>> {
+    match std::fs::read(identity_path(keys_dir, id)) {
+        Ok(bytes) => {
+            let stored: StoredIdentity =
+                serde_json::from_slice(&bytes).map_err(io::Error::other)?;
+            let key = ModuleKey::from_base64(&stored.key).map_err(io::Error::other)?;
+            Ok(Some(ModuleIdentity {
+                key,
+                generation_id: stored.generation_id,
+            }))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Loads the module's identity, or makes and stores a new one (mode 0600).
 pub(crate) fn load_or_create_identity(
     keys_dir: &Path,
     id: &ModuleId,
 ) -> io::Result<ModuleIdentity> {
-    let path = identity_path(keys_dir, id);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let stored: StoredIdentity =
-                serde_json::from_slice(&bytes).map_err(io::Error::other)?;
-            let key = ModuleKey::from_base64(&stored.key).map_err(io::Error::other)?;
-            return Ok(ModuleIdentity {
-                key,
-                generation_id: stored.generation_id,
-            });
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    if let Some(identity) = load_identity(keys_dir, id)? {
+        return Ok(identity);
     }
+    let path = identity_path(keys_dir, id);
     let random = |what: &str| {
         ModuleKey::generate().map_err(|e| io::Error::other(format!("cannot make a {what}: {e}")))
     };

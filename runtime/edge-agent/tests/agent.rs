@@ -80,6 +80,7 @@ fn setup(dir: &Path) -> AgentSetup {
         iothub_hostname: "hub.example".into(),
         gateway_hostname: "127.0.0.1".into(),
         hub_addr: "127.0.0.1:18830".into(),
+        workload_uri: "unix:///run/test/workload.sock".into(),
         manifest_dir: dir.to_owned(),
         module_path: vec![],
         extra_env: vec![],
@@ -726,7 +727,7 @@ async fn module_environment_and_the_key_is_never_logged() {
     let r = start(dir.path(), config(), FakeHub::default());
     let mut m = sh(
         "envy",
-        r#"echo "id=$IOTEDGE_MODULEID dev=$IOTEDGE_DEVICEID hubhost=$IOTEDGE_IOTHUBHOSTNAME gw=$IOTEDGE_GATEWAYHOSTNAME api=$IOTEDGE_APIVERSION auth=$IOTEDGE_AUTHSCHEME hub=$EDGE_HUB_ADDR keylen=${#EDGE_MODULE_KEY} genlen=${#IOTEDGE_MODULEGENERATIONID} custom=$CUSTOM"; echo "pwd=$(pwd)"; echo "data=$EDGE_MODULE_DATA_DIR"; echo oops >&2; exec sleep 1000"#,
+        r#"echo "id=$IOTEDGE_MODULEID dev=$IOTEDGE_DEVICEID hubhost=$IOTEDGE_IOTHUBHOSTNAME gw=$IOTEDGE_GATEWAYHOSTNAME api=$IOTEDGE_APIVERSION auth=$IOTEDGE_AUTHSCHEME wl=$IOTEDGE_WORKLOADURI hub=$EDGE_HUB_ADDR keylen=${#EDGE_MODULE_KEY} genlen=${#IOTEDGE_MODULEGENERATIONID} custom=$CUSTOM"; echo "pwd=$(pwd)"; echo "data=$EDGE_MODULE_DATA_DIR"; echo oops >&2; exec sleep 1000"#,
         RestartPolicy::Always,
         0,
     );
@@ -741,7 +742,7 @@ async fn module_environment_and_the_key_is_never_logged() {
     .await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains(" stdout id=envy dev=dev1 hubhost=hub.example gw=127.0.0.1 api=2022-08-03 auth=sasToken hub=127.0.0.1:18830 keylen=44 genlen=16 custom=yes"),
+        text.contains(" stdout id=envy dev=dev1 hubhost=hub.example gw=127.0.0.1 api=2022-08-03 auth=sasToken wl=unix:///run/test/workload.sock hub=127.0.0.1:18830 keylen=44 genlen=16 custom=yes"),
         "{text}"
     );
     let data_dir = dir.path().join("modules").join("envy");
@@ -763,6 +764,11 @@ async fn module_environment_and_the_key_is_never_logged() {
     }
     let key = r.identities.key("envy").unwrap();
     let key_file = dir.path().join("keys").join("envy.json");
+    // The workload API's view of the identity: the generation id the module got.
+    let generation = r.agent.generation_id("envy").unwrap();
+    assert_eq!(generation.len(), 16);
+    assert_eq!(r.agent.generation_id("nobody"), None);
+    assert_eq!(r.agent.generation_id(".."), None);
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();

@@ -4,7 +4,9 @@
 //! the module's queues (`module/<m>/inputs/*`) through the store thread, highest priority
 //! first and in sequence order within a queue, publishes each entry as QoS 1 on
 //! `devices/{d}/modules/{m}/inputs/{input}/{bag}`, and keeps at most `max_inflight` of them
-//! unacknowledged. A PUBACK acknowledges the entry in the store, in queue order, so an entry
+//! unacknowledged. An entry that was published at QoS 0 (flagged in its record) is delivered
+//! at QoS 0, as MQTT does, and acknowledged in the store once handed to the connection; it
+//! takes no room in the window. A PUBACK acknowledges the entry in the store, in queue order, so an entry
 //! leaves the store only after the module took it. A new connection starts reading from the
 //! oldest unacknowledged entry again, so a module that comes back gets its backlog in order
 //! (and may see a message twice: at least once).
@@ -224,7 +226,8 @@ async fn fill(
     let device = hub.config.device_id.as_str();
     for entry in entries {
         let input = entry.key.endpoint.strip_prefix(prefix).unwrap_or_default();
-        let mut msg = match Message::decode(entry.payload) {
+        let (flags, encoded) = crate::store::split_record(entry.payload);
+        let mut msg = match Message::decode(encoded) {
             Ok(m) => m,
             Err(error) => {
                 hub.metrics.dead_letter(DeadLetter::Corrupt);
@@ -241,8 +244,15 @@ async fn fill(
             win.skip(entry.key, entry.seq, ready);
             continue;
         }
-        let mut publish = Publish::from_bytes(topic, QoS::AtLeastOnce, msg.body);
-        publish.pkid = win.track(entry.key, entry.seq);
+        let publish = if flags & crate::store::AT_MOST_ONCE != 0 {
+            // Published at QoS 0: delivered at QoS 0, and done once handed to the connection.
+            win.skip(entry.key, entry.seq, ready);
+            Publish::from_bytes(topic, QoS::AtMostOnce, msg.body)
+        } else {
+            let mut p = Publish::from_bytes(topic, QoS::AtLeastOnce, msg.body);
+            p.pkid = win.track(entry.key, entry.seq);
+            p
+        };
         tokio::select! {
             () = conn.cancel.cancelled() => return Err(()),
             r = conn.out.send(Packet::Publish(publish)) => r.map_err(|_| ())?,

@@ -5,8 +5,11 @@
 //! task takes whatever is waiting (up to [`BATCH`] items), routes each message with the router
 //! loaded once for the batch, appends one record per target queue, has the store thread sync
 //! the batch once, and only then sends the PUBACKs: a QoS 1 message is acknowledged only when
-//! it is durable in every queue a route sent it to. QoS 0 messages go the same way (they are
-//! stored and synced too) but nobody waits for them.
+//! it is durable in every queue a route sent it to. QoS 0 messages are queued the same way, but
+//! a batch of only QoS 0 messages is not synced before the next batch: its records become
+//! durable with the next sync (a QoS 1 batch, the once-a-second sweep, or shutdown), so a
+//! crash can lose up to a second of QoS 0 messages, which MQTT allows (at most once). Their
+//! records are flagged [`store::AT_MOST_ONCE`] and delivered at QoS 0.
 //!
 //! Items without a message only carry a PUBACK (twin requests, method answers, dead letters);
 //! they travel through the same channel so PUBACKs leave in the order the PUBLISHes came, as
@@ -20,8 +23,7 @@
 
 use crate::Inner;
 use crate::metrics::{DropReason, Refused};
-use crate::store::{AppendFailure, AppendReq, QKey};
-use bytes::BytesMut;
+use crate::store::{self, AppendFailure, AppendReq, QKey};
 use edge_core::Message;
 use edge_route::Sink;
 use rumqttc::mqttbytes::v4::{Packet, PubAck};
@@ -149,9 +151,12 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
                 hub.metrics.dropped(DropReason::NoRoute, 1);
                 tracing::debug!(module = %item.module, "No route matched the message; dropped.");
             } else {
-                let mut buf = BytesMut::with_capacity(msg.encoded_len());
-                msg.encode(&mut buf);
-                let payload = buf.freeze();
+                let flags = if item.ack.is_none() {
+                    store::AT_MOST_ONCE
+                } else {
+                    0
+                };
+                let payload = store::encode_record(msg, flags);
                 for (endpoint, priority, expires_at_ms) in targets.drain(..) {
                     reqs.push(AppendReq {
                         key: QKey { endpoint, priority },
@@ -168,10 +173,12 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
     }
 
     let keys: Vec<QKey> = reqs.iter().map(|r| r.key.clone()).collect();
+    // Only a QoS 1 publisher waits for its PUBACK, so only then is the batch synced first.
+    let durable = batch.iter().any(|i| i.ack.is_some() && i.msg.is_some());
     let outcome = if reqs.is_empty() {
         None
     } else {
-        match hub.store.append(reqs).await {
+        match hub.store.append(reqs, durable).await {
             Ok(o) => Some(o),
             Err(_) => {
                 tracing::warn!("Store closed; the batch is not acknowledged.");

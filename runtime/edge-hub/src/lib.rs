@@ -38,6 +38,8 @@
 //!   checks; `registry`: which module is connected where, persistent subscriptions.
 //! - `ingest`: routing and group commit; `store`: the store thread; `delivery`: to modules.
 //! - `twin`: twins (JSON merge patches from `edge_core::json`); `methods`: pending direct methods.
+//! - `tls`: the TLS listener for unmodified Azure SDK modules ([`Hub::listen_tls`]); it leads
+//!   to the same sessions as the plain listener.
 //! - `metrics`, [`stats`], [`upstream`].
 //!
 //! # Deployments
@@ -64,6 +66,7 @@ mod metrics;
 mod registry;
 mod session;
 mod store;
+mod tls;
 mod twin;
 
 pub use config::HubConfig;

@@ -447,6 +447,13 @@ impl Reader {
                 self.ingest(None, ack).await
             }
             Err(error) => {
+                if crate::metrics::is_module_metrics_topic(&topic, device, self.module.as_str()) {
+                    self.hub
+                        .metrics
+                        .modules
+                        .report(self.module.as_str(), &payload);
+                    return self.ingest(None, ack).await;
+                }
                 if !self.own_space(&topic)
                     && (topic.starts_with("devices/") || topic.starts_with("$iothub/"))
                 {

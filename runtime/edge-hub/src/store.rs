@@ -46,6 +46,34 @@ impl QKey {
     }
 }
 
+/// First byte of a record written with [`encode_record`]: `0xE0 | flags`. Records from before
+/// the header start with the message encoding's version byte (1), so they read as flags 0.
+const RECORD_TAG: u8 = 0xE0;
+/// Record flag: the message was published at QoS 0, so it is delivered at QoS 0 (MQTT delivers
+/// at the lower of the publish and subscription QoS) and leaves the queue once handed to the
+/// connection.
+pub(crate) const AT_MOST_ONCE: u8 = 0x01;
+
+/// Encodes a queue record: a one-byte header with `flags`, then the message.
+pub(crate) fn encode_record(msg: &edge_core::Message, flags: u8) -> Bytes {
+    let mut buf = bytes::BytesMut::with_capacity(1 + msg.encoded_len());
+    buf.extend_from_slice(&[RECORD_TAG | (flags & 0x0F)]);
+    msg.encode(&mut buf);
+    buf.freeze()
+}
+
+/// Splits a queue record into its flags and the message encoding (see [`encode_record`]).
+pub(crate) fn split_record(mut payload: Bytes) -> (u8, Bytes) {
+    match payload.first() {
+        Some(&b) if b & 0xF0 == RECORD_TAG => {
+            let flags = b & 0x0F;
+            let _ = payload.split_to(1);
+            (flags, payload)
+        }
+        _ => (0, payload),
+    }
+}
+
 /// One entry read back from a queue.
 #[derive(Debug, Clone)]
 pub(crate) struct QEntry {
@@ -101,6 +129,9 @@ pub(crate) struct Snapshot {
 enum Cmd {
     Append {
         items: Vec<AppendReq>,
+        /// Sync before replying (some item waits for a PUBACK). Otherwise the records become
+        /// durable with the next sync (a durable batch, the once-a-second sweep, or shutdown).
+        durable: bool,
         reply: oneshot::Sender<AppendOutcome>,
     },
     Read {
@@ -203,9 +234,13 @@ fn run(
         let mut served = 0;
         while let Some(cmd) = next.take() {
             match cmd {
-                Cmd::Append { items, reply } => {
-                    let outcome = append(&mut store, items, quota.load(Relaxed));
-                    dirty = false;
+                Cmd::Append {
+                    items,
+                    durable,
+                    reply,
+                } => {
+                    let outcome = append(&mut store, items, durable, quota.load(Relaxed));
+                    dirty = !durable && (dirty || outcome.results.iter().any(Result::is_ok));
                     // Publish first, so that whoever sees the PUBACK also sees the queues.
                     publish_snapshot(&store, snapshot);
                     let _ = reply.send(outcome);
@@ -262,7 +297,7 @@ fn sync(store: &mut Store) {
     }
 }
 
-fn append(store: &mut Store, items: Vec<AppendReq>, quota: u64) -> AppendOutcome {
+fn append(store: &mut Store, items: Vec<AppendReq>, durable: bool, quota: u64) -> AppendOutcome {
     let mut results = Vec::with_capacity(items.len());
     let mut appended = false;
     for item in items {
@@ -280,7 +315,7 @@ fn append(store: &mut Store, items: Vec<AppendReq>, quota: u64) -> AppendOutcome
         appended |= r.is_ok();
         results.push(r);
     }
-    let synced = if appended {
+    let synced = if appended && durable {
         store.sync().map_err(|e| chain(&e))
     } else {
         Ok(())
@@ -357,9 +392,18 @@ impl StoreClient {
         rx.await.map_err(|_| Closed)
     }
 
-    /// Appends a batch and syncs it once.
-    pub(crate) async fn append(&self, items: Vec<AppendReq>) -> Result<AppendOutcome, Closed> {
-        self.call(|reply| Cmd::Append { items, reply }).await
+    /// Appends a batch; with `durable`, syncs it once before answering.
+    pub(crate) async fn append(
+        &self,
+        items: Vec<AppendReq>,
+        durable: bool,
+    ) -> Result<AppendOutcome, Closed> {
+        self.call(|reply| Cmd::Append {
+            items,
+            durable,
+            reply,
+        })
+        .await
     }
 
     /// Reads up to `max` live entries of the queues whose endpoint starts with `prefix`, highest

@@ -75,7 +75,7 @@ impl UpstreamQueue {
             let mut cursors = self.lock();
             for e in read.entries {
                 cursors.insert(e.key.clone(), e.seq);
-                match Message::decode(e.payload) {
+                match Message::decode(crate::store::split_record(e.payload).1) {
                     Ok(message) => out.push(UpstreamMessage {
                         priority: e.key.priority,
                         seq: e.seq,

@@ -576,11 +576,58 @@ async fn qos0_messages_and_upstream_routes_are_queued() {
         .publish(events("a", "%24.on=out&k=v"), QoS::AtMostOnce, false, "q0")
         .await
         .unwrap();
-    assert_eq!(&b.publish_in().await.payload[..], b"q0");
+    // Delivered at the lower of the publish and subscription QoS (MQTT): QoS 0 here, and the
+    // queue entry is gone once handed over, without a PUBACK.
+    let got = b.publish_in().await;
+    assert_eq!(&got.payload[..], b"q0");
+    assert_eq!(got.qos, QoS::AtMostOnce);
+    eventually("QoS 0 entry left the queue", || {
+        h.hub.stats().queue_len("module/b/inputs/in1") == 0
+    })
+    .await;
+
+    // While b is away, QoS 0 messages wait in its queue like QoS 1 ones, and the backlog comes
+    // in publish order, each at its own QoS.
+    b.client.disconnect().await.unwrap();
+    b.closed().await;
+    let mut a = a;
+    a.client
+        .publish(events("a", "%24.on=out"), QoS::AtMostOnce, false, "w0")
+        .await
+        .unwrap();
+    a.send(&events("a", "%24.on=out"), "w1").await;
+    a.client
+        .publish(events("a", "%24.on=out"), QoS::AtMostOnce, false, "w2")
+        .await
+        .unwrap();
+    eventually("backlog of three", || {
+        h.hub.stats().queue_len("module/b/inputs/in1") == 3
+    })
+    .await;
+    let mut b = h.connect("b").await;
+    b.subscribe(&format!("devices/{DEVICE}/modules/b/inputs/#"))
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let p = b.publish_in().await;
+        got.push((p.payload, p.qos));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (bytes::Bytes::from_static(b"w0"), QoS::AtMostOnce),
+            (bytes::Bytes::from_static(b"w1"), QoS::AtLeastOnce),
+            (bytes::Bytes::from_static(b"w2"), QoS::AtMostOnce),
+        ]
+    );
+    eventually("backlog drained", || {
+        h.hub.stats().queue_len("module/b/inputs/in1") == 0
+    })
+    .await;
 
     let up = h.hub.upstream_queue();
     let batch = up.next_batch(10).await.unwrap();
-    assert_eq!(batch.len(), 1);
+    assert_eq!(batch.len(), 4);
     assert_eq!(&batch[0].message.body[..], b"q0");
     assert_eq!(batch[0].message.property("k"), Some("v"));
     assert_eq!(
@@ -589,8 +636,9 @@ async fn qos0_messages_and_upstream_routes_are_queued() {
     );
     assert!(up.next_batch(10).await.unwrap().is_empty());
     up.rewind();
-    assert_eq!(up.next_batch(10).await.unwrap().len(), 1);
-    up.ack(&[(batch[0].priority, batch[0].seq)]).await.unwrap();
+    assert_eq!(up.next_batch(10).await.unwrap().len(), 4);
+    let acks: Vec<_> = batch.iter().map(|m| (m.priority, m.seq)).collect();
+    up.ack(&acks).await.unwrap();
     up.rewind();
     assert!(up.next_batch(10).await.unwrap().is_empty());
     h.stop().await;

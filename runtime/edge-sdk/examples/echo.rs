@@ -1,7 +1,8 @@
 //! The smallest useful module: forwards every message from input `in` to output `out`, tagging
 //! it with a property from its twin, and answers a `ping` method.
 //!
-//! Desired properties: `{"tag": "echo"}`.
+//! Desired properties: `{"tag": "echo"}`. Metrics (on edged's `/metrics` with
+//! `module="echo"`): `edge_module_messages_echoed_total`, `edge_module_body_bytes`.
 
 use edge_sdk::{Module, ModuleConfig, ModuleContext, ModuleError};
 use serde_json::json;
@@ -31,12 +32,18 @@ impl Module for Echo {
             "ping",
             |payload| async move { Ok(json!({"pong": payload})) },
         );
+        let echoed = ctx.metrics().counter("messages_echoed_total");
+        let sizes = ctx
+            .metrics()
+            .histogram("body_bytes", &[16.0, 256.0, 4096.0, 65536.0]);
         let mut input = ctx.input("in");
         while let Some(d) = ctx.next(&mut input).await {
+            sizes.observe(d.message.body.len() as f64);
             let mut out = d.message.clone();
             out.set_property("tag", ctx.config().tag.clone());
             ctx.send("out", out).await?;
             d.ack().await?;
+            echoed.inc();
         }
         Ok(())
     }

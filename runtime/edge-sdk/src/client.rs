@@ -16,6 +16,7 @@
 
 use crate::env::ModuleEnv;
 use crate::error::{MethodError, SendError, TwinError};
+use crate::metrics::{Metrics, metrics_topic};
 use bytes::Bytes;
 use edge_core::message::{Message, SysProp};
 use edge_core::sas::{make_token, module_uri};
@@ -50,6 +51,9 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Capacity of each input's queue inside the module.
     pub input_capacity: usize,
+    /// How often the module's [`Metrics`] are reported to the hub (`EDGE_METRICS_INTERVAL`
+    /// for modules started by [`crate::run`]).
+    pub metrics_interval: Duration,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +66,7 @@ impl Default for ClientOptions {
             max_backoff: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             input_capacity: 1024,
+            metrics_interval: Duration::from_secs(5),
         }
     }
 }
@@ -87,6 +92,7 @@ struct Inner {
     inputs: Mutex<HashMap<String, InputSlot>>,
     methods: Mutex<HashMap<String, MethodHandler>>,
     desired: watch::Sender<Option<Value>>,
+    metrics: Metrics,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -209,6 +215,7 @@ impl ModuleClient {
             inputs: Mutex::new(HashMap::new()),
             methods: Mutex::new(HashMap::new()),
             desired: watch::channel(None).0,
+            metrics: Metrics::new(),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
@@ -218,7 +225,51 @@ impl ModuleClient {
             .inner
             .tracker
             .spawn(async move { c.drive(eventloop).await });
+        let c = client.clone();
+        client
+            .inner
+            .tracker
+            .spawn(async move { c.report_metrics_loop().await });
         Ok(client)
+    }
+
+    /// The module's metrics, reported to the hub every `metrics_interval` and served on
+    /// edged's `/metrics` with a `module` label (see [`crate::metrics`]).
+    #[must_use]
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Publishes the metrics snapshot now (QoS 0), if connected and anything is registered.
+    /// Returns whether a report was queued.
+    pub fn report_metrics(&self) -> bool {
+        let inner = &self.inner;
+        if inner.metrics.is_empty() || !self.is_connected() {
+            return false;
+        }
+        let topic = metrics_topic(inner.env.device_id.as_str(), inner.env.module_id.as_str());
+        let body = inner.metrics.snapshot().to_string();
+        inner
+            .mqtt
+            .try_publish(topic, QoS::AtMostOnce, false, body)
+            .is_ok()
+    }
+
+    async fn report_metrics_loop(self) {
+        let every = self
+            .inner
+            .opts
+            .metrics_interval
+            .max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.inner.cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            self.report_metrics();
+        }
     }
 
     /// The module's identity.
@@ -389,6 +440,8 @@ impl ModuleClient {
     /// Stops the client: waits up to `grace` for the hub to acknowledge what was sent, then
     /// disconnects. Returns whether everything sent was acknowledged.
     pub async fn shutdown(&self, grace: Duration) -> bool {
+        // The last values (QoS 0: it leaves before the DISCONNECT queued after it).
+        self.report_metrics();
         let all_acked = self.flush(grace).await;
         self.inner.closing.store(true, Ordering::Release);
         let _ = self.inner.mqtt.disconnect().await;

@@ -50,6 +50,12 @@ impl<C: ModuleConfig> ModuleContext<C> {
         &self.client
     }
 
+    /// The module's metrics (see [`crate::metrics`]).
+    #[must_use]
+    pub fn metrics(&self) -> &crate::Metrics {
+        self.client.metrics()
+    }
+
     /// The current (last valid) configuration.
     #[must_use]
     pub fn config(&self) -> Arc<C> {

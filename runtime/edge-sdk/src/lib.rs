@@ -35,13 +35,18 @@
 //! the hub to acknowledge what was sent, and maps the result to an exit code
 //! (0 ok, 1 error, 78 configuration).
 //!
+//! Modules count what they do through [`ModuleClient::metrics`] (counters, gauges, small
+//! histograms; one atomic operation per update); the client reports them to the hub every
+//! few seconds and edged serves them on `/metrics` with a `module` label ([`metrics`]).
+//!
 //! Layout: `env` (identity from the environment), `client` (connection, dispatch, reconnect),
-//! `context` (what a module's `run` gets), `error`.
+//! `context` (what a module's `run` gets), [`metrics`], `error`.
 
 mod client;
 mod context;
 mod env;
 mod error;
+pub mod metrics;
 
 pub use client::{ClientOptions, Delivery, Input, ModuleClient};
 pub use context::{ModuleContext, parse_config, run_with_client};
@@ -49,6 +54,7 @@ pub use edge_core::Message;
 pub use edge_core::message::SysProp;
 pub use env::{EnvError, ModuleEnv};
 pub use error::{MethodError, ModuleError, SendError, TwinError};
+pub use metrics::{Counter, Gauge, Histogram, Metrics};
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -94,7 +100,19 @@ pub fn run<M: Module>(module: M) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(context::run_module(module, ClientOptions::default()))
+    rt.block_on(context::run_module(module, options_from_env()))
+}
+
+/// The default options, with `EDGE_METRICS_INTERVAL` (e.g. `1s`, `500ms`) applied when set.
+fn options_from_env() -> ClientOptions {
+    let mut opts = ClientOptions::default();
+    if let Ok(v) = std::env::var("EDGE_METRICS_INTERVAL") {
+        match humantime::parse_duration(&v) {
+            Ok(d) if !d.is_zero() => opts.metrics_interval = d,
+            _ => tracing::warn!(value = %v, "EDGE_METRICS_INTERVAL is not a duration; ignored."),
+        }
+    }
+    opts
 }
 
 /// Sets up `tracing` to stderr with `RUST_LOG` (default `info`), once.

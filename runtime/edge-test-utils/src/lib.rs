@@ -113,6 +113,7 @@ impl Edged {
             .arg("--data-dir")
             .arg(data_dir)
             .env("EDGED_HUB__LISTEN", "127.0.0.1:0")
+            .env("EDGED_HUB__TLS_LISTEN", "127.0.0.1:0")
             .env("EDGED_METRICS__LISTEN", "127.0.0.1:0")
             .env("EDGED_MODULE_PATH", target_dir())
             .stdin(Stdio::null())

@@ -20,4 +20,4 @@ pub mod topics;
 
 pub use backend::{Backend, BackendError, DeviceStatus};
 pub use config::{UpstreamConfig, UrlError, parse_url};
-pub use link::{Device, Upstream, UpstreamError};
+pub use link::{Device, LinkStats, Upstream, UpstreamError};

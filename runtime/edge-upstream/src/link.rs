@@ -28,6 +28,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Qo
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -61,6 +62,35 @@ pub trait Device: Send + Sync + 'static {
     ) -> (i32, Value);
 }
 
+/// Counters of the link, for edged's `/metrics` (read with [`Upstream::stats`]).
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    connected: AtomicBool,
+    connects: AtomicU64,
+    messages_sent: AtomicU64,
+}
+
+impl LinkStats {
+    /// Whether the link is connected to the broker now.
+    #[must_use]
+    pub fn connected(&self) -> bool {
+        self.connected.load(Relaxed)
+    }
+
+    /// Connections made after the first one.
+    #[must_use]
+    pub fn reconnects(&self) -> u64 {
+        self.connects.load(Relaxed).saturating_sub(1)
+    }
+
+    /// Telemetry messages the broker acknowledged (a message resent after a drop counts
+    /// again).
+    #[must_use]
+    pub fn messages_sent(&self) -> u64 {
+        self.messages_sent.load(Relaxed)
+    }
+}
+
 /// Why the link cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -77,6 +107,7 @@ pub struct Upstream {
     device_id: String,
     queue: UpstreamQueue,
     device: Arc<dyn Device>,
+    stats: Arc<LinkStats>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -126,7 +157,14 @@ impl Upstream {
             device_id: device_id.to_owned(),
             queue,
             device,
+            stats: Arc::default(),
         })
+    }
+
+    /// The link's counters (shared; they move while [`Upstream::run`] runs).
+    #[must_use]
+    pub fn stats(&self) -> Arc<LinkStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Runs the link until `cancel` fires, reconnecting after `reconnect_delay` whenever the
@@ -148,6 +186,7 @@ impl Upstream {
                     &mut answer_rx,
                 )
                 .await;
+            self.stats.connected.store(false, Relaxed);
             self.queue.rewind();
             match end {
                 SessionEnd::Cancelled => break,
@@ -223,6 +262,8 @@ impl Upstream {
                     Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                         tracing::info!(url = %self.config.url, session_present = ack.session_present, "Upstream link connected.");
                         connected = true;
+                        self.stats.connected.store(true, Relaxed);
+                        self.stats.connects.fetch_add(1, Relaxed);
                         idle = false;
                         let subs = topics::device_filters(&self.device_id)
                             .into_iter()
@@ -240,6 +281,7 @@ impl Upstream {
                     Ok(Event::Incoming(Incoming::PubAck(a))) => match inflight.remove(&a.pkid) {
                         Some(Sent::Telemetry { priority, seq }) => {
                             telemetry_out = telemetry_out.saturating_sub(1);
+                            self.stats.messages_sent.fetch_add(1, Relaxed);
                             acks.push((priority, seq));
                         }
                         Some(Sent::Reported { identity, doc }) => {

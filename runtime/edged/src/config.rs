@@ -29,8 +29,10 @@ pub struct EdgedConfig {
     /// Total time allowed for stopping every module on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// The hub's module listener.
+    /// The hub's module listeners.
     pub hub: HubSection,
+    /// The workload API Azure's module SDKs sign their tokens with.
+    pub workload: WorkloadSection,
     /// The Prometheus endpoint.
     pub metrics: MetricsSection,
     /// The agent (restart policy constants, grace periods, rollback window, log rotation).
@@ -47,6 +49,11 @@ pub struct EdgedConfig {
 pub struct HubSection {
     /// Plain MQTT listener for local modules.
     pub listen: SocketAddr,
+    /// TLS MQTT listener for modules on Azure's SDKs, which always connect to port 8883 of
+    /// `gateway_hostname`. If it cannot be bound, edged logs an error and runs without it.
+    pub tls_listen: SocketAddr,
+    /// Serve the TLS listener at all.
+    pub tls_enabled: bool,
     /// Unacknowledged messages in flight per connection.
     pub max_inflight: usize,
     /// Largest message body accepted.
@@ -56,6 +63,15 @@ pub struct HubSection {
     pub method_timeout: Duration,
     /// fsync every batch before acknowledging (turning this off loses durability).
     pub fsync: bool,
+}
+
+/// `[workload]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSection {
+    /// `unix:///abs/path.sock` or `http://ip:port` (port 0 picks one; for tests). Empty means
+    /// `unix://{data_dir}/workload.sock`. Modules get it as `IOTEDGE_WORKLOADURI`.
+    pub uri: String,
 }
 
 /// `[metrics]`.
@@ -81,11 +97,14 @@ impl Default for EdgedConfig {
             shutdown_grace: Duration::from_secs(30),
             hub: HubSection {
                 listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+                tls_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+                tls_enabled: true,
                 max_inflight: 64,
                 max_message_bytes: 262_144,
                 method_timeout: Duration::from_secs(30),
                 fsync: true,
             },
+            workload: WorkloadSection { uri: String::new() },
             metrics: MetricsSection {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9600)),
                 enabled: true,

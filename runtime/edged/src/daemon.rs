@@ -233,6 +233,31 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
     let hub_addr = hub.local_addr();
     info!(%hub_addr, "Hub listening.");
 
+    // The edge CA, the TLS head for Azure SDK modules and the workload API they sign with.
+    let ca = crate::certs::EdgeCa::load_or_create(&cfg.data_dir.join("certs"))
+        .context("cannot prepare the edge CA")?;
+    let hub_tls = if cfg.hub.tls_enabled {
+        let server = ca
+            .server_config(&cfg.gateway_hostname)
+            .context("cannot issue the hub's server certificate")?;
+        match hub.listen_tls(cfg.hub.tls_listen, server).await {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                // Local modules keep working on the plain listener; Azure SDK modules cannot
+                // connect until the port is free and edged restarts.
+                error!(error = %anyhow::Error::from(e), "TLS listener not started; modules on Azure's SDKs cannot connect.");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let workload = crate::workload::bind(&cfg.workload.uri, &cfg.data_dir)
+        .await
+        .context("cannot open the workload API")?;
+    let workload_uri = workload.uri();
+    info!(uri = %workload_uri, "Workload API listening.");
+
     let mut module_path = cfg.module_path.clone();
     if let Some(dir) = std::env::current_exe()
         .ok()
@@ -248,6 +273,7 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("."));
 
     let agent_metrics = Arc::new(AgentMetrics::register(&registry)?);
+    let edged_metrics = Arc::new(crate::metrics::EdgedMetrics::register(&registry)?);
     let metrics_addr = if cfg.metrics.enabled {
         // The scrape closure needs the agent, which needs the metrics address: fill it in after.
         Some(cfg.metrics.listen)
@@ -259,6 +285,7 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
         Some(addr) => {
             let cell = agent_cell.clone();
             let m = agent_metrics.clone();
+            let em = edged_metrics.clone();
             let h = hub.clone();
             Some(
                 http::serve(
@@ -267,6 +294,7 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
                     move || {
                         if let Some(a) = cell.get() {
                             m.refresh(a, &h);
+                            em.refresh(a);
                         }
                         // Refreshes the hub's queue gauges.
                         let _ = h.stats();
@@ -297,10 +325,12 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
         iothub_hostname: cfg.iothub_hostname.clone(),
         gateway_hostname: cfg.gateway_hostname.clone(),
         hub_addr: hub_addr.to_string(),
+        workload_uri: workload_uri.clone(),
         manifest_dir,
         module_path,
         extra_env,
     };
+    let identities_for_workload = identities.clone();
     let bridge = Arc::new(HubBridge {
         hub: hub.clone(),
         last_agent_report: Mutex::new(serde_json::json!({})),
@@ -314,11 +344,22 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
     )
     .context("cannot start the agent")?;
     let _ = agent_cell.set(agent.clone());
+    let generation_agent = agent.clone();
+    crate::workload::serve(
+        workload,
+        crate::workload::WorkloadState {
+            trust_bundle: Arc::from(ca.trust_bundle()),
+            identities: identities_for_workload,
+            generation: Arc::new(move |m| generation_agent.generation_id(m)),
+        },
+        hub_cancel.clone(),
+        &tracker,
+    );
 
     let _ = apply_file(&agent, &cfg.deployment, true);
 
     if let Some(up) = cfg.upstream.clone() {
-        crate::upstream::start(
+        let link = crate::upstream::start(
             up,
             &cfg.device_id,
             hub.clone(),
@@ -327,6 +368,7 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
             &tracker,
         )
         .context("cannot start the upstream link")?;
+        edged_metrics.set_link(link)?;
     }
 
     let socket = mgmt::serve(
@@ -348,6 +390,8 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
 
     let endpoints = serde_json::json!({
         "hub": hub_addr.to_string(),
+        "hub_tls": hub_tls.map(|a| a.to_string()),
+        "workload": workload_uri,
         "metrics": metrics_bound.map(|a| a.to_string()),
         "pid": std::process::id(),
     });

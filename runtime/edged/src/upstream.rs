@@ -147,7 +147,8 @@ impl Device for LinkDevice {
     }
 }
 
-/// Starts the upstream link on `tracker`; it runs until `cancel` fires.
+/// Starts the upstream link on `tracker`; it runs until `cancel` fires. Returns its counters
+/// (for `/metrics`).
 ///
 /// # Errors
 /// When the configuration is unusable (the broker URL).
@@ -158,14 +159,15 @@ pub fn start(
     agent: Arc<Agent>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<edge_upstream::LinkStats>> {
     let url = config.url.clone();
     let device = Arc::new(LinkDevice {
         agent,
         hub: hub.clone(),
     });
     let link = Upstream::new(config, device_id, hub.upstream_queue(), device)?;
+    let stats = link.stats();
     tracker.spawn(link.run(cancel));
     tracing::info!(%url, "Upstream link started.");
-    Ok(())
+    Ok(stats)
 }

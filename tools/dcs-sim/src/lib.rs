@@ -8,6 +8,10 @@
 //! - `TEP.XMV(1..11).SP`: Double, writable setpoints; a write outside the engineering range
 //!   (0–100 %, property `EURange`) is refused with `BadOutOfRange`.
 //! - `TEP.XMV(1..11).PV`: Double, read-only valve positions (replayed).
+//!
+//!   A replay ([`replay::run`], `dcs-sim --replay FILE`) sets one TEP sample at a time into
+//!   these 52 variables: column `n` ≤ 41 → `ns=2;s=TEP.XMEAS(n)`, column 41 + `n` →
+//!   `ns=2;s=TEP.XMV(n).PV`, all with the same timestamp ([`DcsServer::set_sample`]).
 //! - `Advisory.{Alarm, T2, Q, T2Limit, QLimit, Contributors, ModelVersion, LastUpdate}`: writable.
 //! - `Interlock.RemoteEnable`: Boolean, writable by the operator (any client) or the handle.
 //! - `WriteLog.{Count, Last}`: every client write is logged (see [`DcsServer::write_log`]).
@@ -363,16 +367,18 @@ impl DcsServer {
     }
 
     /// Sets node values by string id (server side, e.g. replayed measurements), notifying
-    /// subscribers.
+    /// subscribers. All values get the same source and server timestamp (now), and subscribers
+    /// are notified of them in one batch, so a client sees one sample, never half of one.
     ///
     /// # Errors
     /// [`DcsError::Update`] naming the first node that cannot be set.
     pub fn set_values(&self, values: &[(String, Variant)]) -> Result<(), DcsError> {
         let ids: Vec<NodeId> = values.iter().map(|(id, _)| self.node_id(id)).collect();
+        let now = opcua::types::DateTime::now();
         let updates = ids
             .iter()
             .zip(values)
-            .map(|(id, (_, v))| (id, None, DataValue::new_now(v.clone())));
+            .map(|(id, (_, v))| (id, None, DataValue::new_at(v.clone(), now)));
         self.nm
             .set_values(self.handle.subscriptions(), updates)
             .map_err(|status| DcsError::Update {

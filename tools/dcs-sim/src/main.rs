@@ -2,7 +2,9 @@
 //!
 //! The first line on stdout is the endpoint URL (`opc.tcp://127.0.0.1:PORT/`); logs go to
 //! stderr. With `--replay FILE` the TEP samples of FILE are published into the measurement
-//! nodes at `--speed` times real time (one sample = 3 min of plant time).
+//! nodes at `--speed` times real time (one sample = 3 min of plant time), or one every
+//! `--period` (wall time, e.g. `50ms`). Node ids: column n ≤ 41 → `ns=2;s=TEP.XMEAS(n)`,
+//! column 41 + n → `ns=2;s=TEP.XMV(n).PV`.
 
 use clap::Parser;
 use std::io::Write;
@@ -31,6 +33,9 @@ struct Args {
     /// Replay speed: multiples of real time (1 sample = 180 s of plant time).
     #[arg(long, default_value_t = 60.0)]
     speed: f64,
+    /// Wall time between two replayed samples (e.g. `50ms`, `1s`); overrides --speed.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    period: Option<std::time::Duration>,
     /// Start the replay again at the end of the file.
     #[arg(long = "loop")]
     repeat: bool,
@@ -87,7 +92,10 @@ async fn run(args: Args) -> ExitCode {
     }
     let replay = async {
         if let Some(r) = &rows {
-            dcs_sim::replay::run(&server, r, args.speed, args.repeat).await;
+            let period = args
+                .period
+                .unwrap_or_else(|| dcs_sim::replay::period_at_speed(args.speed));
+            dcs_sim::replay::run(&server, r, period, args.repeat).await;
         }
         std::future::pending::<()>().await;
     };

@@ -2,7 +2,9 @@
 //!
 //! Files are whitespace-separated floats, one sample of 52 values per line; `d00.dat` is stored
 //! transposed (52 lines of 500 values) and is detected and transposed here. One TEP sample is
-//! 3 minutes of plant time; at speed `x` a sample is published every `180 s / x`.
+//! 3 minutes of plant time; at speed `x` a sample is published every `180 s / x`, or every
+//! `--period` of wall time when given (`dcs-sim --replay data/tep/d01_te.dat --period 50ms`).
+//! Each sample sets the 52 variables `TEP.XMEAS(1..41)` and `TEP.XMV(1..11).PV` at once.
 
 use crate::DcsServer;
 use std::path::Path;
@@ -88,14 +90,22 @@ pub fn load(path: &Path) -> Result<Vec<Vec<f64>>, ReplayError> {
     parse(&text, &p)
 }
 
-/// Publishes `rows` into the server one per `SAMPLE_PERIOD / speed`, once or forever.
-pub async fn run(server: &DcsServer, rows: &[Vec<f64>], speed: f64, repeat: bool) {
+/// Wall time between two published samples at `speed` times real time (1× for a speed that is
+/// not a positive number).
+#[must_use]
+pub fn period_at_speed(speed: f64) -> Duration {
     let speed = if speed.is_finite() && speed > 0.0 {
         speed
     } else {
         1.0
     };
-    let period = SAMPLE_PERIOD.div_f64(speed);
+    SAMPLE_PERIOD.div_f64(speed)
+}
+
+/// Publishes `rows` into the server one per `period` (wall time, e.g. [`period_at_speed`]),
+/// once or forever. A zero period is taken as 1 ms.
+pub async fn run(server: &DcsServer, rows: &[Vec<f64>], period: Duration, repeat: bool) {
+    let period = period.max(Duration::from_millis(1));
     let mut tick = tokio::time::interval(period);
     loop {
         for (i, row) in rows.iter().enumerate() {
@@ -130,6 +140,14 @@ mod tests {
 
         assert!(parse("1 2 x", "bad").is_err());
         assert!(parse("1 2 3\n4 5 6\n", "shape").is_err());
+    }
+
+    #[test]
+    fn period_follows_the_speed() {
+        assert_eq!(period_at_speed(60.0), Duration::from_secs(3));
+        assert_eq!(period_at_speed(3600.0), Duration::from_millis(50));
+        assert_eq!(period_at_speed(0.0), SAMPLE_PERIOD);
+        assert_eq!(period_at_speed(f64::NAN), SAMPLE_PERIOD);
     }
 
     #[test]

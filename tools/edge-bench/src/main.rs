@@ -11,6 +11,7 @@
 //! - `crit`: the crates' criterion benches via `cargo bench`, plus Python onnxruntime.
 //! - `store`: recovery after kill -9 with N messages queued.
 //! - `e2e`: the reference deployment end to end (throughput, latency, start-up, footprint).
+//! - `writer`: the OPC UA writer into dcs-sim (writes/s, message-to-DCS latency).
 //! - `report`: the JSON and Markdown outputs.
 
 mod broker;
@@ -19,6 +20,7 @@ mod e2e;
 mod procs;
 mod report;
 mod store;
+mod writer;
 
 use anyhow::Result;
 use clap::Parser;
@@ -104,7 +106,8 @@ struct Args {
     /// Short runs (under 5 minutes on 2 cores after the build).
     #[arg(long)]
     quick: bool,
-    /// Only run these sections (route, broker, store, recovery, features, agent, score, e2e, latency).
+    /// Only run these sections (route, broker, store, recovery, features, agent, score, e2e,
+    /// latency, writer).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Output directory.
@@ -115,7 +118,7 @@ struct Args {
 /// A benchmark section.
 type Section = fn(&mut Bench) -> Result<()>;
 
-const SECTIONS: [(&str, Section); 9] = [
+const SECTIONS: [(&str, Section); 10] = [
     ("route", crit::route),
     ("store", crit::store),
     ("features", crit::features),
@@ -125,6 +128,7 @@ const SECTIONS: [(&str, Section); 9] = [
     ("broker", broker::bench),
     ("e2e", e2e::throughput),
     ("latency", e2e::latency),
+    ("writer", writer::bench),
 ];
 
 fn main() -> ExitCode {

@@ -209,6 +209,7 @@ impl Edged {
             .arg(data_dir)
             .env("EDGED_HUB__LISTEN", "127.0.0.1:0")
             .env("EDGED_METRICS__LISTEN", "127.0.0.1:0")
+            .env("EDGED_HUB__TLS_LISTEN", "127.0.0.1:0")
             .env("EDGED_MODULE_PATH", root.join("target/release"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

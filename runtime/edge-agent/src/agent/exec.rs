@@ -22,7 +22,8 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const API_VERSION: &str = "2022-08-03";
 
 /// Environment variables the agent sets; a manifest cannot override them.
-const RESERVED_ENV: [&str; 10] = [
+const RESERVED_ENV: [&str; 11] = [
+    "IOTEDGE_WORKLOADURI",
     "IOTEDGE_DEVICEID",
     "IOTEDGE_MODULEID",
     "IOTEDGE_IOTHUBHOSTNAME",
@@ -298,6 +299,7 @@ impl Agent {
             ("IOTEDGE_MODULEGENERATIONID".into(), identity.generation_id),
             ("IOTEDGE_APIVERSION".into(), API_VERSION.into()),
             ("IOTEDGE_AUTHSCHEME".into(), "sasToken".into()),
+            ("IOTEDGE_WORKLOADURI".into(), s.workload_uri.clone()),
             ("EDGE_HUB_ADDR".into(), s.hub_addr.clone()),
             (
                 "EDGE_MODULE_KEY".into(),

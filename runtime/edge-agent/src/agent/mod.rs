@@ -506,6 +506,21 @@ impl Agent {
         supervise::build_report(&self.lock())
     }
 
+    /// The generation id issued to `module` (its `IOTEDGE_MODULEGENERATIONID`), read from its
+    /// identity file; `None` for an unknown module or one that was never started. The
+    /// workload API checks sign requests against it.
+    #[must_use]
+    pub fn generation_id(&self, module: &str) -> Option<String> {
+        let id = ModuleId::new(module).ok().filter(safe_file_name)?;
+        match persist::load_identity(&self.keys_dir(), &id) {
+            Ok(identity) => identity.map(|i| i.generation_id),
+            Err(error) => {
+                tracing::warn!(module = %id, %error, "Cannot read the module identity.");
+                None
+            }
+        }
+    }
+
     pub(crate) fn module_log_path(&self, id: &ModuleId) -> PathBuf {
         self.setup.data_dir.join("logs").join(format!("{id}.log"))
     }
