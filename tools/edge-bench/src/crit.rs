@@ -204,3 +204,50 @@ pub fn score(b: &mut Bench) -> Result<()> {
     ));
     Ok(())
 }
+
+/// The TLS listener's price per message: the hub bench `tls` (edge-hub/benches/tls.rs) drives
+/// the same QoS 1 load through the plain listener and the TLS 1.2 one in one process and prints
+/// one JSON line per figure.
+pub fn tls(b: &mut Bench) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["bench", "-q", "-p", "edge-hub", "--bench", "tls"])
+        .current_dir(&b.root)
+        .stdin(Stdio::null());
+    if b.quick {
+        cmd.env("BENCH_QUICK", "1");
+    }
+    let line = format!(
+        "{}cargo bench -p edge-hub --bench tls",
+        if b.quick { "BENCH_QUICK=1 " } else { "" }
+    );
+    eprintln!("[bench] {line}");
+    let out = cmd.output().context("cannot run cargo")?;
+    if !out.status.success() {
+        bail!("`{line}` failed with {}", out.status);
+    }
+    let mut figures = std::collections::BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(l)
+            && let (Some(name), Some(value)) = (v["name"].as_str(), v["value"].as_f64())
+        {
+            figures.insert(name.to_owned(), value);
+        }
+    }
+    let get = |k: &str| {
+        figures
+            .get(k)
+            .copied()
+            .with_context(|| format!("`{line}` printed no {k}"))
+    };
+    let plain = get("hub_qos1_plain_per_message")?;
+    let secure = get("hub_qos1_tls12_per_message")?;
+    b.push(Entry::vs(
+        "hub_qos1_tls12_us_per_msg",
+        "us/msg",
+        secure,
+        "plain listener (same hub, same load)",
+        plain,
+        &line,
+    ));
+    Ok(())
+}

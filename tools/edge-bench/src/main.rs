@@ -107,7 +107,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only run these sections (route, broker, store, recovery, features, agent, score, e2e,
-    /// latency, writer).
+    /// latency, writer, tls).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Output directory.
@@ -118,7 +118,7 @@ struct Args {
 /// A benchmark section.
 type Section = fn(&mut Bench) -> Result<()>;
 
-const SECTIONS: [(&str, Section); 10] = [
+const SECTIONS: [(&str, Section); 11] = [
     ("route", crit::route),
     ("store", crit::store),
     ("features", crit::features),
@@ -129,6 +129,7 @@ const SECTIONS: [(&str, Section); 10] = [
     ("e2e", e2e::throughput),
     ("latency", e2e::latency),
     ("writer", writer::bench),
+    ("tls", crit::tls),
 ];
 
 fn main() -> ExitCode {

@@ -39,7 +39,7 @@ fn num(v: f64) -> String {
 
 /// Whether a smaller value is better for this figure.
 fn lower_is_better(e: &Entry) -> bool {
-    matches!(e.unit.as_str(), "us" | "ms" | "s" | "MiB")
+    matches!(e.unit.as_str(), "us" | "ms" | "s" | "MiB" | "us/msg")
 }
 
 const METHOD: &str = "\
@@ -48,7 +48,9 @@ memory below 1 is better (the *better* column says which side wins).
 - **Broker path**: the same rumqttc 0.25 load (TCP_NODELAY, inflight 100, 256-byte bodies \
 carrying the send time) from 1 or 8 publishers to 1 subscriber (subscribed at QoS 1), against \
 (a) a real `target/release/edged` whose hub routes `FROM /messages/*` to the subscriber module \
-through its durable queue (fsync on; clients authenticate with SAS tokens as identity modules), \
+through its durable queue (fsync on for QoS 1 batches; a QoS 0 message is queued too, synced \
+within a second and delivered at QoS 0, as MQTT delivers at the lower of the two QoS; clients \
+authenticate with SAS tokens as identity modules), \
 (b) Debian's Mosquitto 2 (`persistence false`, `max_queued_messages 1000000`, \
 `max_inflight_messages 100`), (c) a bare rumqttd 0.20 in-process (plain pub/sub). The peers do \
 no routing, no authentication and keep nothing on disk, so the comparison is of the price of \
@@ -63,8 +65,11 @@ commit).
 - **Scoring peers**: Python onnxruntime (same `model.onnx`, 1 thread, median of timed runs \
 including input conversion, `models/tep-pca/bench_python.py`) and bare Rust `ort` with the same \
 session options (the criterion bench's `bare_ort`, which reads one output); ours is \
-`onnx-scoring`'s `Scorer` (input check, run, all outputs, per-row top contributors), which is \
-why it trails at batch 256.
+`onnx-scoring`'s `Scorer` (input check, run, all outputs, per-row top-3 contributors picked \
+from 52 contributions, which is most of the gap at batch 256).
+- **TLS**: edge-hub's `tls` bench drives the same QoS 1 load (one rumqttc-shaped client, 256 B) \
+through the hub's plain listener and its TLS 1.2 listener in one process (fsync off, so the \
+figure is the listener's cost, not the disk's); best of two rounds after a warm-up.
 - **Recovery**: a child process appends N × 256 B (sync every 1000) and is killed with SIGKILL; \
 the figure is the time for `Store::open` to scan and index the directory.
 - **End to end**: `edged` with the repository's `deployment.json` (TEP runs replayed at speed 0, \
@@ -84,9 +89,9 @@ resolution, so figures can be up to 1 ms high). Samples sent before the sink sub
 left out.";
 
 const NOT_MEASURED: &str = "\
-- `fleet_converge_s_<N>` (time from a cloud deploy to N edged instances reporting it, N = 10, \
-50, 200): the cloud deployment side (issue 6) does not exist yet, so there is nothing to measure.
-- TLS listener cost (issue 11): not built yet.";
+- `fleet_converge_s_<N>` (time from a cloud deploy to N edged instances reporting it): not in \
+this command yet; `cargo run --release -p edge-upstream --example fleet -- N` measures it on its own \
+(N = 10 and 50 so far).";
 
 /// Writes both files; returns the Markdown.
 pub fn write(b: &Bench, out: &Path, took: Duration) -> Result<String> {
