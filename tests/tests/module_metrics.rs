@@ -140,6 +140,12 @@ async fn module_metrics_are_served_with_a_module_label() -> Result<()> {
         0.0
     );
     assert!(series["edgeagent_deployment_generation"] >= 1.0);
+    // The agent's per-process figures for the module it runs.
+    assert!(
+        series[r#"edgeagent_module_resident_memory_bytes{module="echo"}"#] > 1_000_000.0,
+        "{series:?}"
+    );
+    assert!(series.contains_key(r#"edgeagent_module_cpu_seconds{module="echo"}"#));
     assert_eq!(series["edgeupstream_connected"], 0.0);
     assert_eq!(series["edgeupstream_messages_sent_total"], 0.0);
     assert!(series.contains_key("edgeupstream_reconnects_total"));

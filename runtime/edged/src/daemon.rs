@@ -112,6 +112,8 @@ struct AgentMetrics {
     status: IntGaugeVec,
     restarts: IntCounterVec,
     heartbeat_age: prometheus::GaugeVec,
+    rss: prometheus::GaugeVec,
+    cpu: prometheus::GaugeVec,
 }
 
 impl AgentMetrics {
@@ -137,20 +139,44 @@ impl AgentMetrics {
             ),
             &["module"],
         )?;
+        let rss = prometheus::GaugeVec::new(
+            Opts::new(
+                "edgeagent_module_resident_memory_bytes",
+                "Resident memory of the module's process (VmRSS)",
+            ),
+            &["module"],
+        )?;
+        let cpu = prometheus::GaugeVec::new(
+            Opts::new(
+                "edgeagent_module_cpu_seconds",
+                "CPU time (user + system) of the module's current process",
+            ),
+            &["module"],
+        )?;
         r.register(Box::new(status.clone()))?;
         r.register(Box::new(restarts.clone()))?;
         r.register(Box::new(heartbeat_age.clone()))?;
+        r.register(Box::new(rss.clone()))?;
+        r.register(Box::new(cpu.clone()))?;
         Ok(Self {
             status,
             restarts,
             heartbeat_age,
+            rss,
+            cpu,
         })
     }
 
     fn refresh(&self, agent: &Agent, hub: &Hub) {
         self.status.reset();
         self.heartbeat_age.reset();
+        self.rss.reset();
+        self.cpu.reset();
         for m in agent.list() {
+            if let Some((rss, cpu)) = m.pid.and_then(proc_usage) {
+                self.rss.with_label_values(&[m.name.as_str()]).set(rss);
+                self.cpu.with_label_values(&[m.name.as_str()]).set(cpu);
+            }
             self.status
                 .with_label_values(&[m.name.as_str(), m.status.as_str()])
                 .set(1);
@@ -166,6 +192,36 @@ impl AgentMetrics {
             }
         }
     }
+}
+
+/// Resident bytes and CPU seconds of a process, from `/proc` (Linux; `None` elsewhere or when
+/// the process is gone).
+fn proc_usage(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((
+        rss_kb * 1024.0,
+        proc_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?,
+    ))
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line, in seconds (the kernel reports them in
+/// USER_HZ, which is 100 on Linux). The command name may hold spaces and parentheses, so the
+/// fields are counted after its last `)`.
+fn proc_cpu_seconds(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After the name: state (3), ppid … ; utime is field 14 and stime 15 of the whole line.
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// Reads and applies the deployment file; on a bad file, records the refusal and (at start)
@@ -456,5 +512,25 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received."),
         _ = int.recv() => info!("SIGINT received."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_are_read_after_the_command_name() {
+        let line = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 300 0 0 0 250 75 0 0 20 0 1 0";
+        assert_eq!(proc_cpu_seconds(line), Some(3.25));
+        assert_eq!(proc_cpu_seconds("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn usage_of_this_process_is_read_from_proc() {
+        let (rss, cpu) = proc_usage(std::process::id()).unwrap();
+        assert!(rss > 1024.0 * 1024.0, "rss {rss}");
+        assert!(cpu >= 0.0);
+        assert_eq!(proc_usage(u32::MAX), None);
     }
 }
