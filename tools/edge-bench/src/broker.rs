@@ -58,7 +58,16 @@ fn client(port: u16, c: &Creds) -> (AsyncClient, EventLoop) {
 }
 
 /// Runs one scenario; `tag` marks this run's messages so leftovers from an earlier run are ignored.
-async fn run(t: &Target, publishers: usize, qos: QoS, per_pub: usize, tag: u32) -> Result<Outcome> {
+/// With `rate` (messages/s over all publishers) the publishers follow a fixed schedule instead of
+/// sending as fast as they can.
+async fn run(
+    t: &Target,
+    publishers: usize,
+    qos: QoS,
+    per_pub: usize,
+    tag: u32,
+    rate: Option<f64>,
+) -> Result<Outcome> {
     let epoch = Instant::now();
     let total = publishers * per_pub;
     let done = Arc::new(AtomicBool::new(false));
@@ -143,7 +152,16 @@ async fn run(t: &Target, publishers: usize, qos: QoS, per_pub: usize, tag: u32) 
                 }
             });
             let mut sent = 0usize;
-            for _ in 0..per_pub {
+            let period = rate.map(|r| Duration::from_secs_f64(publishers as f64 / r));
+            let t0 = tokio::time::Instant::now();
+            for i in 0..per_pub {
+                if let Some(p) = period {
+                    // Open loop on a schedule: message i is due at t0 + i × period.
+                    let due = t0 + p * u32::try_from(i).unwrap_or(u32::MAX);
+                    if due > tokio::time::Instant::now() {
+                        tokio::time::sleep_until(due).await;
+                    }
+                }
                 let mut body = vec![0u8; BODY];
                 let ts = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 body[..8].copy_from_slice(&ts.to_le_bytes());
@@ -368,9 +386,12 @@ pub fn bench(b: &mut Bench) -> Result<()> {
                 tag += 1;
                 eprintln!("[bench] broker qos{q} {n} publisher(s) → {who}");
                 let o = rt.block_on(async {
-                    tokio::time::timeout(Duration::from_secs(180), run(t, n, qos, per_pub, tag))
-                        .await
-                        .context("scenario timed out")?
+                    tokio::time::timeout(
+                        Duration::from_secs(180),
+                        run(t, n, qos, per_pub, tag, None),
+                    )
+                    .await
+                    .context("scenario timed out")?
                 })?;
                 res.push(figures(&o, &format!("{who} qos{q} {n}pub")));
             }
@@ -392,6 +413,40 @@ pub fn bench(b: &mut Bench) -> Result<()> {
             }
         }
     }
+    // Latency when not saturated: one publisher at a fixed 10k messages/s.
+    let paced = if b.quick { 20_000 } else { 100_000 };
+    for (q, qos) in [(0, QoS::AtMostOnce), (1, QoS::AtLeastOnce)] {
+        let mut res = Vec::new();
+        for (who, t) in [("edged", &ours), ("mosquitto", &mosq), ("rumqttd", &rmq)] {
+            tag += 1;
+            eprintln!("[bench] broker qos{q} paced 10k/s → {who}");
+            let o = rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(180),
+                    run(t, 1, qos, paced, tag, Some(PACED_RATE)),
+                )
+                .await
+                .context("scenario timed out")?
+            })?;
+            res.push(figures(&o, &format!("{who} qos{q} paced")));
+        }
+        let cmd = format!(
+            "edge-bench{} (broker: 1 rumqttc publisher paced at 10,000 msgs/s → 1 subscriber, {paced} msgs of {BODY} B, QoS {q})",
+            if b.quick { " --quick" } else { "" },
+        );
+        for (name, k) in [
+            (format!("broker_qos{q}_p50_latency_us_at_10k"), 1),
+            (format!("broker_qos{q}_p99_latency_us_at_10k"), 2),
+        ] {
+            let pick = |f: &Figures| [f.rate, f.p50, f.p99][k];
+            for (peer, f) in [("mosquitto 2 (Debian)", &res[1]), ("rumqttd 0.20", &res[2])] {
+                b.push(Entry::vs(&name, "us", pick(&res[0]), peer, pick(f), &cmd));
+            }
+        }
+    }
     edged.stop();
     Ok(())
 }
+
+/// The paced scenarios' rate (messages/s): the "p99 under 1 ms at 10k messages/s".
+const PACED_RATE: f64 = 10_000.0;

@@ -57,7 +57,9 @@ no routing, no authentication and keep nothing on disk, so the comparison is of 
 those features. Throughput = messages received / (last receive − first publish); latency = \
 receive time − send time at the subscriber, p50/p99 over all messages. The publishers send as \
 fast as their client allows (open loop), so these latencies are latencies *at saturation* \
-(mostly queueing), not of a lightly loaded broker.
+(mostly queueing), not of a lightly loaded broker. The `_at_10k` figures are the unloaded \
+ones: one publisher on a fixed schedule of 10,000 messages/s (due times on tokio's 1 ms timer, \
+so messages leave in small bursts), latency measured the same way.
 - **Criterion figures** (route engine, store, feature pipeline, agent planning, scoring) are \
 medians of the crates' criterion benches (`cargo bench`), converted to per-second with the \
 elements per iteration. The store figure is 64 appends of 256 B then one fsync (the hub's group \
