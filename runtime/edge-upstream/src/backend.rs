@@ -14,10 +14,10 @@
 //! broker sends retained messages at subscription time, so when the marker comes back every
 //! retained message has arrived.
 
-use crate::config::{UrlError, parse_url};
 use crate::topics::{self, FromDevice};
+use crate::transport::{TlsError, TlsFiles, UrlError, mqtt_options, parse_url};
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, Event, Incoming, QoS, SubscribeFilter};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +35,9 @@ pub enum BackendError {
     /// The broker URL is unusable.
     #[error("invalid broker url")]
     Url(#[from] UrlError),
+    /// The TLS files are unusable.
+    #[error("invalid TLS settings")]
+    Tls(#[from] TlsError),
     /// The broker could not be reached or refused the connection.
     #[error("cannot connect to the broker: {0}")]
     Connect(String),
@@ -175,8 +178,29 @@ impl Backend {
         credentials: Option<(String, String)>,
         clean_session: bool,
     ) -> Result<Self, BackendError> {
-        let (host, port) = parse_url(url)?;
-        let mut o = MqttOptions::new(client_id, host, port);
+        Self::connect_tls(
+            url,
+            client_id,
+            credentials,
+            &TlsFiles::default(),
+            clean_session,
+        )
+        .await
+    }
+
+    /// As [`Backend::connect_with`], to an `mqtts://` broker with `tls` (CA file, optional
+    /// client certificate; see [`crate::transport`]).
+    ///
+    /// # Errors
+    /// As [`Backend::connect`], and [`BackendError::Tls`] for unusable TLS files.
+    pub async fn connect_tls(
+        url: &str,
+        client_id: &str,
+        credentials: Option<(String, String)>,
+        tls: &TlsFiles,
+        clean_session: bool,
+    ) -> Result<Self, BackendError> {
+        let mut o = mqtt_options(&parse_url(url)?, client_id, tls)?;
         o.set_clean_session(clean_session)
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(4 << 20, 4 << 20);

@@ -1,5 +1,6 @@
 //! [`UpstreamConfig`]: where the upstream broker is and how to talk to it.
 
+use crate::transport::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -7,9 +8,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `mqtt://host:port` (port 1883 when left out). `mqtts://` is recognised but this build
-    /// has no TLS transport yet and refuses it at start.
+    /// `mqtt://host[:port]` (port 1883 when left out) or `mqtts://host[:port]` (TLS, port
+    /// 8883 when left out; see `tls`).
     pub url: String,
+    /// `[upstream.tls]`: CA and client certificate files for an `mqtts://` broker.
+    pub tls: TlsFiles,
     /// MQTT user name, if the broker wants one.
     pub username: Option<String>,
     /// MQTT password, if the broker wants one.
@@ -34,6 +37,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            tls: TlsFiles::default(),
             username: None,
             password: None,
             keep_alive: Duration::from_secs(30),
@@ -42,65 +46,5 @@ impl Default for UpstreamConfig {
             max_inflight: 100,
             method_timeout: Duration::from_secs(30),
         }
-    }
-}
-
-/// Why a broker URL is unusable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UrlError {
-    /// Not `mqtt://host[:port]`.
-    #[error("broker url `{0}` is not mqtt://host[:port]")]
-    Malformed(String),
-    /// `mqtts://`: no TLS transport in this build.
-    #[error("broker url `{0}` needs TLS, which this build does not have yet")]
-    TlsUnsupported(String),
-}
-
-/// Splits `mqtt://host[:port]` into host and port.
-///
-/// # Errors
-/// [`UrlError`] for any other scheme or shape.
-pub fn parse_url(url: &str) -> Result<(String, u16), UrlError> {
-    if url.starts_with("mqtts://") {
-        return Err(UrlError::TlsUnsupported(url.to_owned()));
-    }
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| UrlError::Malformed(url.to_owned()))?
-        .trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse().map_err(|_| UrlError::Malformed(url.to_owned()))?,
-        ),
-        None => (rest, 1883),
-    };
-    if host.is_empty() || host.contains('/') {
-        return Err(UrlError::Malformed(url.to_owned()));
-    }
-    Ok((host.to_owned(), port))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            parse_url("mqtt://127.0.0.1:1884"),
-            Ok(("127.0.0.1".into(), 1884))
-        );
-        assert_eq!(parse_url("mqtt://broker"), Ok(("broker".into(), 1883)));
-        assert!(matches!(
-            parse_url("mqtts://b:8883"),
-            Err(UrlError::TlsUnsupported(_))
-        ));
-        assert!(matches!(parse_url("http://b"), Err(UrlError::Malformed(_))));
-        assert!(matches!(
-            parse_url("mqtt://b:x"),
-            Err(UrlError::Malformed(_))
-        ));
     }
 }

@@ -3,7 +3,9 @@
 //! The scheme (topics, retained state, versions) is written down in `docs/UPSTREAM.md`.
 //!
 //! Layout:
-//! - [`config`]: [`UpstreamConfig`] (`[upstream]` in edged's configuration) and URL parsing.
+//! - [`config`]: [`UpstreamConfig`] (`[upstream]` in edged's configuration).
+//! - [`transport`]: broker URLs and the connection: `mqtt://` over TCP or `mqtts://` over
+//!   TLS (rustls) with a CA file and an optional client certificate.
 //! - [`topics`]: every topic the device and the backend exchange, built and parsed in one
 //!   place (the IoT Hub device profile for telemetry, `edge/{device}/{identity}/…` for twins
 //!   and methods).
@@ -17,7 +19,9 @@ pub mod backend;
 pub mod config;
 pub mod link;
 pub mod topics;
+pub mod transport;
 
 pub use backend::{Backend, BackendError, DeviceStatus};
-pub use config::{UpstreamConfig, UrlError, parse_url};
+pub use config::UpstreamConfig;
 pub use link::{Device, LinkStats, Upstream, UpstreamError};
+pub use transport::{Broker, TlsError, TlsFiles, UrlError, parse_url};

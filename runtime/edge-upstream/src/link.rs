@@ -21,8 +21,9 @@
 //! - A publish is matched to its packet id through `Outgoing::Publish` events, which rumqttc
 //!   emits in the order the publishes were requested.
 
-use crate::config::{UpstreamConfig, UrlError, parse_url};
+use crate::config::UpstreamConfig;
 use crate::topics::{self, ToDevice};
+use crate::transport::{TlsError, UrlError, parse_url};
 use edge_hub::{HubError, UpstreamMessage, UpstreamQueue};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
 use serde_json::{Map, Value};
@@ -97,13 +98,16 @@ pub enum UpstreamError {
     /// The broker URL is unusable.
     #[error("invalid upstream configuration")]
     Url(#[from] UrlError),
+    /// The TLS settings (`[upstream.tls]`) are unusable.
+    #[error("invalid upstream TLS configuration")]
+    Tls(#[from] TlsError),
 }
 
 /// The upstream link; [`Upstream::run`] drives it.
 pub struct Upstream {
     config: UpstreamConfig,
-    host: String,
-    port: u16,
+    /// Broker address and transport, checked once in [`Upstream::new`].
+    options: MqttOptions,
     device_id: String,
     queue: UpstreamQueue,
     device: Arc<dyn Device>,
@@ -142,18 +146,19 @@ impl Upstream {
     /// A link for device `device_id` reading `queue`.
     ///
     /// # Errors
-    /// [`UpstreamError::Url`] when the URL is not `mqtt://host[:port]`.
+    /// [`UpstreamError::Url`] when the URL is not `mqtt[s]://host[:port]`,
+    /// [`UpstreamError::Tls`] when a TLS file is missing or unusable.
     pub fn new(
         config: UpstreamConfig,
         device_id: &str,
         queue: UpstreamQueue,
         device: Arc<dyn Device>,
     ) -> Result<Self, UpstreamError> {
-        let (host, port) = parse_url(&config.url)?;
+        let broker = parse_url(&config.url)?;
+        let options = crate::transport::mqtt_options(&broker, device_id, &config.tls)?;
         Ok(Self {
             config,
-            host,
-            port,
+            options,
             device_id: device_id.to_owned(),
             queue,
             device,
@@ -205,7 +210,7 @@ impl Upstream {
     }
 
     fn options(&self) -> MqttOptions {
-        let mut o = MqttOptions::new(&self.device_id, &self.host, self.port);
+        let mut o = self.options.clone();
         o.set_clean_session(false)
             .set_keep_alive(self.config.keep_alive.max(Duration::from_secs(1)))
             .set_inflight(self.config.max_inflight.max(1))

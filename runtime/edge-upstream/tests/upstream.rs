@@ -305,3 +305,112 @@ async fn methods_and_desired_patches_reach_the_module() -> Result<()> {
     .context("desired patch did not reach the module")??;
     Ok(())
 }
+
+/// `mqtts://` with certificates both ways: the device and the backend reach a Mosquitto that
+/// only speaks TLS and wants a client certificate from the fleet CA; a deployment converges,
+/// telemetry arrives. A backend with the wrong CA, or without a certificate, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_broker_with_client_certificates() -> Result<()> {
+    use edge_upstream::{BackendError, TlsFiles};
+    let tmp = tempfile::tempdir()?;
+    let pki = support::Pki::new(&tmp.path().join("pki"))?;
+    let broker = Mosquitto::start_tls(&tmp.path().join("mosquitto"), &pki).await?;
+    assert!(broker.url().starts_with("mqtts://"));
+    let (dev_cert, dev_key) = pki.issue(DEVICE, &[])?;
+    let (be_cert, be_key) = pki.issue("backend", &[])?;
+
+    let path = write_manifest(tmp.path(), "deployment.json", &sender_manifest())?;
+    let url = broker.url();
+    let (ca, dc, dk) = (
+        pki.ca.display().to_string(),
+        dev_cert.display().to_string(),
+        dev_key.display().to_string(),
+    );
+    let edged = Edged::start(
+        &path,
+        &tmp.path().join("data"),
+        &[
+            ("EDGED_UPSTREAM__URL", url.as_str()),
+            ("EDGED_UPSTREAM__TLS__CA_FILE", ca.as_str()),
+            ("EDGED_UPSTREAM__TLS__CERT_FILE", dc.as_str()),
+            ("EDGED_UPSTREAM__TLS__KEY_FILE", dk.as_str()),
+            ("EDGED_UPSTREAM__RECONNECT_DELAY", "200ms"),
+            ("EDGED_UPSTREAM__REPORT_INTERVAL", "100ms"),
+        ],
+    )
+    .await?;
+
+    let files = TlsFiles {
+        ca_file: Some(pki.ca.clone()),
+        cert_file: Some(be_cert.clone()),
+        key_file: Some(be_key.clone()),
+    };
+    let b = Backend::connect_tls(&url, "test-backend", None, &files, true).await?;
+    let mut telemetry = b.subscribe(&[topics::telemetry_filter(DEVICE)]).await?;
+
+    let v1 = manifest(
+        json!({"sender": identity_module(1), "alpha": identity_module(2)}),
+        json!({"up": "FROM /messages/modules/sender/* INTO $upstream"}),
+        &[("sender", json!({}))],
+    );
+    assert_eq!(b.deploy(DEVICE, &v1, None).await?, 1);
+    status_where(&b, "v1 running over TLS", |st| {
+        let a = agent(st);
+        st.applied_version() == Some(1)
+            && a["lastDesiredDeployment"]["code"] == 200
+            && a["modules"]["alpha"]["runtimeStatus"] == "running"
+    })
+    .await?;
+
+    let data = tmp.path().join("data");
+    let sender = connect_as(&data, &edged.endpoints.hub, "sender")?;
+    sender.wait_connected().await;
+    sender
+        .send("out", Message::new(r#"{"over":"tls"}"#))
+        .await?;
+    let prefix = format!("devices/{DEVICE}/messages/events/");
+    let body = tokio::time::timeout(WAIT, async {
+        loop {
+            let (topic, body) = telemetry.recv().await?;
+            if topic.starts_with(&prefix) {
+                return anyhow::Ok(body);
+            }
+        }
+    })
+    .await
+    .context("no telemetry over TLS")??;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body)?,
+        json!({"over": "tls"})
+    );
+
+    // Another CA: the broker's certificate does not verify.
+    let other = support::Pki::new(&tmp.path().join("other-pki"))?;
+    let wrong_ca = TlsFiles {
+        ca_file: Some(other.ca.clone()),
+        cert_file: Some(be_cert),
+        key_file: Some(be_key),
+    };
+    let e = Backend::connect_tls(&url, "intruder-1", None, &wrong_ca, true).await;
+    assert!(matches!(e, Err(BackendError::Connect(_))), "{e:?}");
+    // No client certificate: the broker refuses the handshake.
+    let no_cert = TlsFiles {
+        ca_file: Some(pki.ca.clone()),
+        ..TlsFiles::default()
+    };
+    let e = Backend::connect_tls(&url, "intruder-2", None, &no_cert, true).await;
+    assert!(matches!(e, Err(BackendError::Connect(_))), "{e:?}");
+    // A missing CA file is named before anything is sent.
+    let missing = TlsFiles {
+        ca_file: Some(tmp.path().join("missing-ca.pem")),
+        ..TlsFiles::default()
+    };
+    let e = Backend::connect_tls(&url, "x", None, &missing, true).await;
+    let text = e.err().map(|e| format!("{:#}", anyhow::Error::from(e)));
+    assert!(
+        text.as_deref()
+            .is_some_and(|t| t.contains("missing-ca.pem")),
+        "{text:?}"
+    );
+    Ok(())
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 /// `edgectl cloud`.
 #[derive(Debug, Args)]
 pub struct CloudArgs {
-    /// The broker, `mqtt://host:port`.
+    /// The broker, `mqtt://host:port` or `mqtts://host:port` (TLS).
     #[arg(
         long,
         env = "EDGE_CLOUD_BROKER",
@@ -25,6 +25,26 @@ pub struct CloudArgs {
     /// MQTT password.
     #[arg(long, env = "EDGE_CLOUD_PASSWORD", global = true)]
     password: Option<String>,
+    /// With mqtts://: PEM file of the CA that signs the broker's certificate (default: the
+    /// system trust store).
+    #[arg(long, env = "EDGE_CLOUD_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// With mqtts://: PEM client certificate, for brokers that authenticate by certificate.
+    #[arg(
+        long,
+        env = "EDGE_CLOUD_CERT_FILE",
+        global = true,
+        requires = "key_file"
+    )]
+    cert_file: Option<PathBuf>,
+    /// With mqtts://: the client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "EDGE_CLOUD_KEY_FILE",
+        global = true,
+        requires = "cert_file"
+    )]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: CloudCommand,
 }
@@ -80,7 +100,12 @@ pub async fn run(args: CloudArgs) -> Result<ExitCode> {
         .username
         .map(|u| (u, args.password.unwrap_or_default()));
     let id = format!("edgectl-{}", std::process::id());
-    let backend = Backend::connect(&args.broker, &id, creds)
+    let tls = edge_upstream::TlsFiles {
+        ca_file: args.ca_file,
+        cert_file: args.cert_file,
+        key_file: args.key_file,
+    };
+    let backend = Backend::connect_tls(&args.broker, &id, creds, &tls, true)
         .await
         .with_context(|| format!("cannot reach {}", args.broker))?;
     match args.command {

@@ -17,6 +17,7 @@ pub struct Mosquitto {
     /// Its port on 127.0.0.1.
     pub port: u16,
     dir: PathBuf,
+    tls: Option<Pki>,
 }
 
 impl Mosquitto {
@@ -30,8 +31,27 @@ impl Mosquitto {
             child: None,
             port,
             dir: dir.to_owned(),
+            tls: None,
         };
         m.write_conf(persist)?;
+        m.restart().await?;
+        Ok(m)
+    }
+
+    /// Starts mosquitto with only a TLS 1.2+ listener whose certificate `pki` issued for
+    /// 127.0.0.1; every client must present a certificate from the same CA, and its common
+    /// name becomes its user name.
+    pub async fn start_tls(dir: &Path, pki: &Pki) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut m = Self {
+            child: None,
+            port,
+            dir: dir.to_owned(),
+            tls: Some(pki.clone()),
+        };
+        m.write_conf(false)?;
         m.restart().await?;
         Ok(m)
     }
@@ -41,13 +61,24 @@ impl Mosquitto {
             "listener {} 127.0.0.1\nlog_dest stderr\nlog_type all\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 100\n",
             self.port
         );
+        if let Some(pki) = &self.tls {
+            conf.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\ntls_version tlsv1.2\nrequire_certificate true\nuse_identity_as_username true\n",
+                pki.ca.display(),
+                pki.server.0.display(),
+                pki.server.1.display(),
+            ));
+        }
+        // Running as root, mosquitto drops to user `mosquitto`, which can read neither a
+        // private temporary directory nor the keys in it; keep the invoking user.
+        conf.push_str(&format!(
+            "user {}\n",
+            std::env::var("USER").unwrap_or_else(|_| "root".into())
+        ));
         if persist {
             conf.push_str(&format!(
-                // Running as root, mosquitto drops to user `mosquitto`, which cannot write
-                // into a private temporary directory; keep the invoking user.
-                "persistence true\npersistence_location {}/\nuser {}\n",
+                "persistence true\npersistence_location {}/\n",
                 self.dir.display(),
-                std::env::var("USER").unwrap_or_else(|_| "root".into())
             ));
         } else {
             conf.push_str("persistence false\n");
@@ -57,9 +88,10 @@ impl Mosquitto {
         Ok(())
     }
 
-    /// `mqtt://127.0.0.1:PORT`.
+    /// `mqtt://127.0.0.1:PORT` (`mqtts://` for a TLS broker).
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// (Re)starts the broker on the same port and waits until it accepts connections.
@@ -112,5 +144,66 @@ impl Mosquitto {
                 .context("mosquitto did not stop")??;
         }
         Ok(())
+    }
+}
+
+/// A throw-away PKI in a directory: a CA, a server certificate for 127.0.0.1 and client
+/// certificates on demand, all PEM files.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    dir: PathBuf,
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The server certificate and key.
+    pub server: (PathBuf, PathBuf),
+    ca_key_pem: String,
+}
+
+impl Pki {
+    /// Makes the CA and the server certificate in `dir`.
+    pub fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert = Self::ca_params()?.self_signed(&key)?;
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, cert.pem())?;
+        let mut pki = Self {
+            dir: dir.to_owned(),
+            ca,
+            server: (PathBuf::new(), PathBuf::new()),
+            ca_key_pem: key.serialize_pem(),
+        };
+        pki.server = pki.issue("broker", &["127.0.0.1", "localhost"])?;
+        Ok(pki)
+    }
+
+    fn ca_params() -> Result<rcgen::CertificateParams> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test fleet CA");
+        Ok(params)
+    }
+
+    /// Issues a certificate with common name `cn` (and `sans`); returns (cert, key) files.
+    pub fn issue(&self, cn: &str, sans: &[&str]) -> Result<(PathBuf, PathBuf)> {
+        use rcgen::{CertificateParams, Issuer, KeyPair};
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
+        let issuer = Issuer::new(Self::ca_params()?, ca_key);
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &issuer)?;
+        let (c, k) = (
+            self.dir.join(format!("{cn}.pem")),
+            self.dir.join(format!("{cn}.key.pem")),
+        );
+        std::fs::write(&c, cert.pem())?;
+        std::fs::write(&k, key.serialize_pem())?;
+        Ok((c, k))
     }
 }
