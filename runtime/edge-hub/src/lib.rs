@@ -570,6 +570,46 @@ impl Hub {
             })
     }
 
+    /// Merges `patch` (a JSON merge patch, as a backend sends) into the desired properties of
+    /// `module`'s twin and sends the change, with its new `$version`, to the module if it is
+    /// connected and subscribed (otherwise it gets it with its next twin GET). Returns the new
+    /// desired version (unchanged when the patch changed nothing). The deployment is not
+    /// touched: the next deployment that changes this module's desired properties sets them
+    /// again, as a deployment does in Azure IoT Edge.
+    ///
+    /// # Errors
+    /// [`HubError::InvalidId`], [`HubError::PatchNotObject`], [`HubError::Twin`].
+    pub fn patch_desired(&self, module: &str, patch: &Value) -> Result<u64, HubError> {
+        ModuleId::new(module).map_err(|source| HubError::InvalidId {
+            id: module.to_owned(),
+            source,
+        })?;
+        let change = self
+            .inner
+            .twins
+            .patch_desired(module, patch)
+            .map_err(|e| match e {
+                TwinError::NotObject => HubError::PatchNotObject {
+                    module: module.to_owned(),
+                },
+                TwinError::Io { source, .. } => HubError::Twin {
+                    module: module.to_owned(),
+                    source,
+                },
+            })?;
+        match change {
+            Some(change) => {
+                let version = change.version;
+                self.send_desired(module, change);
+                Ok(version)
+            }
+            None => Ok(self
+                .twin(module)
+                .and_then(|t| t["desired"]["$version"].as_u64())
+                .unwrap_or(0)),
+        }
+    }
+
     /// The `$upstream` queue, for the upstream link (see [`upstream`]).
     #[must_use]
     pub fn upstream_queue(&self) -> UpstreamQueue {

@@ -157,9 +157,36 @@ impl Twins {
         id: &str,
         new: &Map<String, Value>,
     ) -> Result<Option<DesiredChange>, TwinError> {
-        let mut new = new.clone();
-        new.retain(|k, _| !k.starts_with('$'));
         let mut map = self.lock();
+        self.replace_desired(&mut map, id, new.clone())
+    }
+
+    /// Merges `patch` (a JSON merge patch; top-level `$`-keys dropped) into the desired
+    /// document of `id`, as one step under the lock. Returns the change to send, or `None`
+    /// when nothing changed.
+    pub(crate) fn patch_desired(
+        &self,
+        id: &str,
+        patch: &Value,
+    ) -> Result<Option<DesiredChange>, TwinError> {
+        let Value::Object(patch) = patch else {
+            return Err(TwinError::NotObject);
+        };
+        let mut map = self.lock();
+        let mut next = map.get(id).map(|t| t.desired.clone()).unwrap_or_default();
+        let mut patch = patch.clone();
+        patch.retain(|k, _| !k.starts_with('$'));
+        merge_object(&mut next, &patch);
+        self.replace_desired(&mut map, id, next)
+    }
+
+    fn replace_desired(
+        &self,
+        map: &mut BTreeMap<String, Twin>,
+        id: &str,
+        mut new: Map<String, Value>,
+    ) -> Result<Option<DesiredChange>, TwinError> {
+        new.retain(|k, _| !k.starts_with('$'));
         let existing = map.get(id).cloned();
         let mut twin = existing.clone().unwrap_or_default();
         let patch = diff(&twin.desired, &new);
@@ -286,5 +313,32 @@ mod tests {
         assert_eq!(twins.set_desired("m", &Map::new()).unwrap(), None);
         assert!(twins.get("m").is_some());
         assert!(dir.path().join("m.json").exists());
+    }
+
+    #[test]
+    fn desired_patches_merge_into_the_document_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let twins = Twins::load(dir.path()).unwrap();
+        twins
+            .set_desired("m", &obj(json!({"keep": 1, "x": {"y": 1, "z": 2}})))
+            .unwrap();
+        let change = twins
+            .patch_desired("m", &json!({"x": {"y": null, "n": 3}, "$version": 99}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(change.version, 3);
+        assert_eq!(
+            change.patch,
+            json!({"x": {"y": null, "n": 3}, "$version": 3})
+        );
+        let expected = json!({"keep": 1, "x": {"z": 2, "n": 3}, "$version": 3});
+        assert_eq!(twins.get("m").unwrap()["desired"], expected);
+        assert_eq!(twins.patch_desired("m", &json!({"keep": 1})).unwrap(), None);
+        assert!(matches!(
+            twins.patch_desired("m", &json!([1])),
+            Err(TwinError::NotObject)
+        ));
+        let again = Twins::load(dir.path()).unwrap();
+        assert_eq!(again.get("m").unwrap()["desired"], expected);
     }
 }

@@ -5,9 +5,10 @@
 //!   `$edgeAgent` reported property `lastDesiredDeployment`
 //!   (`{version, hash, code, description, errors}`), next to the agent's own
 //!   `lastDesiredStatus`.
-//! - A desired patch for a module is merged into that module's twin in the current
-//!   deployment, which is deployed again (only the twin changes, so no process restarts; the
-//!   hub sends the patch to the module).
+//! - A desired patch for a module is merged into that module's twin in the hub
+//!   (`Hub::patch_desired`), which sends it to the module with its new `$version`; the
+//!   deployment is not redeployed (no history line, no rollback window). The next
+//!   deployment that changes the module's desired properties sets them again.
 //! - Method calls go to `Hub::invoke`; failures become a status (404 not connected or not
 //!   subscribed, 504 timeout, 500 otherwise) with `{"error": "…"}`.
 
@@ -102,28 +103,25 @@ impl Device for LinkDevice {
         }
     }
 
-    fn patch_desired(&self, identity: &str, mut patch: Value) -> Result<(), String> {
-        let mut d = self
+    fn patch_desired(&self, identity: &str, patch: Value) -> Result<(), String> {
+        let d = self
             .agent
             .current()
             .ok_or_else(|| "no deployment yet".to_owned())?;
-        let twin = d
-            .twins
-            .iter_mut()
-            .find(|(id, _)| id.as_str() == identity)
-            .map(|(_, t)| t)
-            .ok_or_else(|| format!("no module `{identity}` in the deployment"))?;
-        if let Some(o) = patch.as_object_mut() {
-            o.remove("$version");
+        if !d.twins.iter().any(|(id, _)| id.as_str() == identity) {
+            return Err(format!("no module `{identity}` in the deployment"));
         }
-        if !twin.is_object() {
-            *twin = json!({});
-        }
-        edge_core::json::merge(twin, &patch);
-        self.agent
-            .deploy(d, "upstream desired patch")
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        // Straight into the hub's twin: no redeployment, no history line, no rollback window.
+        let version = self
+            .hub
+            .patch_desired(identity, &patch)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            module = identity,
+            version,
+            "Desired patch from upstream applied."
+        );
+        Ok(())
     }
 
     async fn invoke(
