@@ -51,11 +51,12 @@ pub struct CloudArgs {
 
 #[derive(Debug, Subcommand)]
 enum CloudCommand {
-    /// Publish a deployment as the device's retained desired state (next version).
+    /// Publish a deployment as the device's retained desired state (next version). Repeat
+    /// `--device` to push to several devices at once (concurrently).
     Deploy {
-        /// The device id.
-        #[arg(long)]
-        device: String,
+        /// The device id (repeatable).
+        #[arg(long, required = true)]
+        device: Vec<String>,
         /// The manifest file.
         file: PathBuf,
         /// The version (default: the retained one + 1).
@@ -118,9 +119,25 @@ pub async fn run(args: CloudArgs) -> Result<ExitCode> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let manifest: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not JSON", file.display()))?;
-            let v = backend.deploy(&device, &manifest, version).await?;
-            print_json(&serde_json::json!({"device": device, "version": v}));
-            Ok(ExitCode::SUCCESS)
+            let outcomes = futures::future::join_all(
+                device.iter().map(|d| backend.deploy(d, &manifest, version)),
+            )
+            .await;
+            let mut failed = 0usize;
+            for (d, outcome) in device.iter().zip(outcomes) {
+                match outcome {
+                    Ok(v) => print_json(&serde_json::json!({"device": d, "version": v})),
+                    Err(e) => {
+                        failed += 1;
+                        print_json(&serde_json::json!({"device": d, "error": format!("{e:#}")}));
+                    }
+                }
+            }
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         CloudCommand::Status { device, full } => {
             let st = backend.status(&device).await?;

@@ -17,6 +17,7 @@
 mod broker;
 mod crit;
 mod e2e;
+mod fleet;
 mod procs;
 mod report;
 mod store;
@@ -107,7 +108,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only run these sections (route, broker, store, recovery, features, agent, score, e2e,
-    /// latency, writer, tls).
+    /// latency, writer, tls, fleet).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Output directory.
@@ -118,7 +119,7 @@ struct Args {
 /// A benchmark section.
 type Section = fn(&mut Bench) -> Result<()>;
 
-const SECTIONS: [(&str, Section); 11] = [
+const SECTIONS: [(&str, Section); 12] = [
     ("route", crit::route),
     ("store", crit::store),
     ("features", crit::features),
@@ -130,6 +131,7 @@ const SECTIONS: [(&str, Section); 11] = [
     ("latency", e2e::latency),
     ("writer", writer::bench),
     ("tls", crit::tls),
+    ("fleet", fleet::bench),
 ];
 
 fn main() -> ExitCode {
