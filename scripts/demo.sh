@@ -40,9 +40,12 @@ DCS_URL=""
 if [ -x "$BIN/dcs-sim" ] && grep -q '"opcua-writer"' deployment.json; then
     "$BIN/dcs-sim" --port 0 --remote-enable --data-dir "$DEMO/dcs" > "$DEMO/dcs.out" 2> "$DEMO/dcs.log" &
     pids+=($!)
-    for _ in $(seq 1 200); do
+    # It prints its URL once listening (first start makes its certificate: seconds in a debug
+    # build on a loaded machine). Wait while it lives, up to 60 s.
+    for _ in $(seq 1 1200); do
         DCS_URL=$(head -n1 "$DEMO/dcs.out" 2>/dev/null || true)
         [ -n "$DCS_URL" ] && break
+        kill -0 "${pids[-1]}" 2>/dev/null || break
         sleep 0.05
     done
     [ -n "$DCS_URL" ] || { echo "[demo] dcs-sim did not start; see $DEMO/dcs.log" >&2; exit 1; }

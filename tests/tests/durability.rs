@@ -46,8 +46,25 @@ async fn kill9_mid_stream_loses_no_acknowledged_message() -> Result<()> {
             break;
         }
     }
+    let modules = edged.children();
+    assert_eq!(modules.len(), 2, "edged should run both modules");
     edged.kill9().await?;
     sender.shutdown(Duration::from_millis(50)).await;
+    // The modules die with edged (parent-death signal): no orphan would compete with the
+    // instances the next edged starts.
+    wait_until(
+        "modules to exit after edged died",
+        Duration::from_secs(20),
+        || {
+            let left: Vec<u32> = modules
+                .iter()
+                .copied()
+                .filter(|p| edge_test_utils::is_alive(*p))
+                .collect();
+            async move { left.is_empty().then_some(()) }
+        },
+    )
+    .await?;
 
     let edged = Edged::start(&path, &data, &[]).await?;
     let receiver = connect_as(&data, &edged.endpoints.hub, "receiver")?;

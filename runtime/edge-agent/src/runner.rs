@@ -200,7 +200,8 @@ pub trait ProcessRunner: Send + Sync {
 }
 
 /// The real runner on `tokio::process`. Each child leads its own process group, so a signal
-/// reaches everything it started; a child whose wait future is dropped is killed.
+/// reaches everything it started; a child whose wait future is dropped is killed, and a child
+/// gets SIGTERM from the kernel when edged dies (even by SIGKILL).
 ///
 /// # Invariants
 /// `children` holds exactly the spawned children nobody has started waiting for.
@@ -228,6 +229,24 @@ impl ProcessRunner for TokioRunner {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // A module must not outlive edged: after a kill -9 of edged, a restarted edged would
+        // start a second instance beside the orphan, and the two would take turns replacing
+        // each other's hub connection. The kernel sends the child SIGTERM when the thread that
+        // spawned it ends (a runtime worker thread, which lives as long as edged); if edged
+        // already died between fork and this point, the spawn fails instead.
+        let parent = std::process::id();
+        #[allow(unsafe_code)]
+        // SAFETY: the closure runs in the forked child before exec. It makes two syscalls
+        // (prctl, getppid), both async-signal-safe; it allocates nothing and takes no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+                if u32::try_from(nix::unistd::getppid().as_raw()).ok() != Some(parent) {
+                    return Err(std::io::Error::other("edged exited during the spawn"));
+                }
+                Ok(())
+            });
+        }
         let spawn_err = |source| RunnerError::Spawn {
             program: spec.program.clone(),
             source,

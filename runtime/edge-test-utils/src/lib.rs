@@ -155,6 +155,12 @@ impl Edged {
         std::fs::read_to_string(self.data_dir.join("edged.test.log")).unwrap_or_default()
     }
 
+    /// The processes edged started that are still alive (not zombies), from `/proc`.
+    #[must_use]
+    pub fn children(&self) -> Vec<u32> {
+        self.child.id().map(live_children).unwrap_or_default()
+    }
+
     /// Sends SIGKILL and waits for the process to end.
     ///
     /// # Errors
@@ -178,4 +184,33 @@ impl Edged {
             .context("edged did not exit after SIGTERM")??;
         Ok(status.code())
     }
+}
+
+/// Live (not zombie) processes whose parent is `parent`, from `/proc/*/stat`.
+#[must_use]
+pub fn live_children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(
+            |pid| matches!(proc_stat(*pid), Some((state, ppid)) if ppid == parent && state != 'Z'),
+        )
+        .collect()
+}
+
+/// Whether `pid` is alive and not a zombie.
+#[must_use]
+pub fn is_alive(pid: u32) -> bool {
+    matches!(proc_stat(pid), Some((state, _)) if state != 'Z')
+}
+
+/// State and parent pid of a process (`/proc/PID/stat`; the name may hold spaces or parens).
+fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }
