@@ -130,3 +130,31 @@ fn the_reference_deployment_is_valid() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_upstream_setting_stops_edged_before_any_module_starts() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let m = manifest(json!({"a": identity_module(1)}), json!({}), &[]);
+    let path = write_manifest(tmp.path(), "deployment.json", &m)?;
+    let missing = tmp.path().join("missing-ca.pem");
+    let missing = missing.to_str().unwrap_or_default();
+    let err = Edged::start(
+        &path,
+        &data,
+        &[
+            ("EDGED_UPSTREAM__URL", "mqtts://127.0.0.1:1"),
+            ("EDGED_UPSTREAM__TLS__CA_FILE", missing),
+        ],
+    )
+    .await
+    .err()
+    .map(|e| format!("{e:#}"))
+    .unwrap_or_default();
+    assert!(err.contains("upstream"), "{err}");
+    assert!(err.contains("missing-ca.pem"), "the file is named: {err}");
+    // Nothing was started: no module key was issued, no hub listened.
+    assert!(!data.join("keys").join("a.json").exists(), "{err}");
+    assert!(!data.join("endpoints.json").exists());
+    Ok(())
+}

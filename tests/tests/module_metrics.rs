@@ -130,6 +130,31 @@ async fn module_metrics_are_served_with_a_module_label() -> Result<()> {
     // The whole scrape parses (checked above); the hub counted the reports.
     assert!(series[r#"edgehub_module_metrics_reports_total{module="echo"}"#] >= 1.0);
     assert!(series[r#"edgehub_module_metrics_reports_total{module="sender"}"#] >= 1.0);
+    // The hub's own series: per route, per endpoint, per module.
+    assert_eq!(series[r#"edgehub_messages_routed_total{route="in"}"#], 3.0);
+    assert_eq!(series[r#"edgehub_messages_routed_total{route="out"}"#], 3.0);
+    assert_eq!(
+        series[r#"edgehub_messages_received_total{module="sender"}"#],
+        3.0
+    );
+    assert_eq!(
+        series[r#"edgehub_messages_sent_total{endpoint="module/receiver/inputs/back"}"#],
+        3.0
+    );
+    assert_eq!(
+        series[r#"edgehub_queue_length{endpoint="module/receiver/inputs/back"}"#],
+        0.0
+    );
+    assert!(
+        series
+            .contains_key(r#"edgehub_queue_oldest_age_seconds{endpoint="module/echo/inputs/in"}"#)
+    );
+    assert!(series["edgehub_connected_modules"] >= 3.0, "{series:?}");
+    assert!(series.contains_key(r#"edgeagent_module_status{module="echo",status="running"}"#));
+    assert_eq!(
+        series[r#"edgeagent_module_restarts_total{module="echo"}"#],
+        0.0
+    );
     // Deployment and upstream-link series.
     assert!(
         series[r#"edgeagent_deployments_total{outcome="applied"}"#] >= 1.0,

@@ -77,6 +77,8 @@ pub struct Writer {
     pending: HashMap<String, Pending>,
     counters: Counters,
     last_alarm: Option<String>,
+    /// Audit records of the message being handled, synced together when it is done.
+    unsynced: Vec<AuditRecord>,
 }
 
 fn now_rfc3339() -> String {
@@ -131,6 +133,7 @@ impl Writer {
             pending: HashMap::new(),
             counters: Counters::default(),
             last_alarm: None,
+            unsynced: Vec::new(),
         }
     }
 
@@ -169,12 +172,20 @@ impl Writer {
         &self.audit
     }
 
+    /// Queues an audit record; [`Self::sync_audit`] puts it on disk before the message that
+    /// caused it is acknowledged.
     fn record(&mut self, r: AuditRecord) {
         tracing::info!(node = %r.node, outcome = %r.outcome, reason = %r.reason,
             requested = %r.requested, written = %r.written, "audit");
-        if let Err(e) = self.audit.append(&r) {
+        self.unsynced.push(r);
+    }
+
+    /// Appends the queued audit records with one fsync.
+    fn sync_audit(&mut self) {
+        if let Err(e) = self.audit.append_all(&self.unsynced) {
             tracing::error!(error = %e, "cannot write the audit log");
         }
+        self.unsynced.clear();
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -201,8 +212,13 @@ impl Writer {
         }
     }
 
-    /// Handles one result message.
+    /// Handles one result message. Returns after its audit records are on disk.
     pub async fn handle<D: DcsWriter>(&mut self, dcs: &D, msg: &Incoming) {
+        self.handle_unsynced(dcs, msg).await;
+        self.sync_audit();
+    }
+
+    async fn handle_unsynced<D: DcsWriter>(&mut self, dcs: &D, msg: &Incoming) {
         self.counters.messages += 1;
         let model_version = msg
             .body
@@ -270,6 +286,7 @@ impl Writer {
             "writing the values kept while disconnected"
         );
         self.apply(dcs, reqs).await;
+        self.sync_audit();
     }
 
     #[allow(clippy::too_many_lines)]

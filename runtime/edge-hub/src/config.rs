@@ -33,6 +33,11 @@ pub struct HubConfig {
     /// The durable store's settings.
     #[serde(default = "default_store", with = "store_config_serde")]
     pub store: StoreConfig,
+    /// Where a message goes when no route selects it, written as a route's sink:
+    /// `$upstream` or `BrokeredEndpoint("/modules/<m>/inputs/<i>")`. Unset (the default, as in
+    /// Azure IoT Edge): such messages are dropped and counted (`no_route`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmatched: Option<String>,
 }
 
 fn default_max_inflight() -> usize {
@@ -70,6 +75,7 @@ impl HubConfig {
             max_message_bytes: default_max_message_bytes(),
             method_timeout: default_method_timeout(),
             store: default_store(),
+            unmatched: None,
         }
     }
 }

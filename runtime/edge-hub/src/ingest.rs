@@ -39,6 +39,13 @@ pub(crate) const BATCH: usize = 512;
 /// The endpoint name of the upstream queue.
 pub(crate) const UPSTREAM: &str = "$upstream";
 
+/// The `route` label of messages sent to `HubConfig::unmatched` because no route selected
+/// them.
+pub(crate) const UNMATCHED_ROUTE: &str = "$unmatched";
+
+/// The priority of the unmatched sink: that of a plain-string route.
+const DEFAULT_PRIORITY: u8 = 0;
+
 /// Where to send the PUBACK of a QoS 1 publish.
 #[derive(Debug)]
 pub(crate) struct Ack {
@@ -146,6 +153,13 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
                     }
                     None => targets.push((endpoint, hit.priority, expires)),
                 }
+            }
+            if targets.is_empty()
+                && let Some(endpoint) = &hub.unmatched
+            {
+                let ttl = u64::try_from(routing.default_ttl.as_millis()).unwrap_or(u64::MAX);
+                targets.push((endpoint.clone(), DEFAULT_PRIORITY, now.saturating_add(ttl)));
+                routes.push(UNMATCHED_ROUTE);
             }
             if targets.is_empty() {
                 hub.metrics.dropped(DropReason::NoRoute, 1);

@@ -191,9 +191,45 @@ pub enum HubError {
         #[source]
         source: std::io::Error,
     },
+    /// The `unmatched` sink is not a route sink.
+    #[error("hub.unmatched `{value}` is not a route sink")]
+    UnmatchedSink {
+        /// The value configured.
+        value: String,
+        /// The parse error (its position counts from the start of the value).
+        #[source]
+        source: edge_route::ParseError,
+    },
     /// The hub has shut down.
     #[error("the hub has shut down")]
     Closed,
+}
+
+/// The hub error for a failed twin update of `module`.
+fn twin_error(module: &str, e: TwinError) -> HubError {
+    match e {
+        TwinError::NotObject => HubError::PatchNotObject {
+            module: module.to_owned(),
+        },
+        TwinError::Io { source, .. } => HubError::Twin {
+            module: module.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Parses the `unmatched` setting into an endpoint name (`module/<m>/inputs/<i>`, `$upstream`).
+fn unmatched_endpoint(value: &str) -> Result<String, HubError> {
+    const PREFIX: &str = "FROM /messages/* INTO ";
+    edge_route::parse(&format!("{PREFIX}{value}"))
+        .map(|r| ingest::endpoint_of(&r.sink))
+        .map_err(|mut source| {
+            source.column = source.column.saturating_sub(PREFIX.len());
+            HubError::UnmatchedSink {
+                value: value.to_owned(),
+                source,
+            }
+        })
 }
 
 /// The routing in force: router plus the global time to live.
@@ -214,6 +250,8 @@ pub(crate) struct Inner {
     pub store: StoreClient,
     pub ingest: mpsc::Sender<ingest::IngestItem>,
     pub upstream_wake: Notify,
+    /// The endpoint for messages no route selects (`HubConfig::unmatched`), if any.
+    pub unmatched: Option<String>,
     pub local_addr: SocketAddr,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
@@ -315,6 +353,11 @@ impl Hub {
         let twins = Twins::load(&twins_dir).map_err(dir_err(twins_dir))?;
         let sessions_dir = data.join("sessions");
         let registry = Registry::load(&sessions_dir).map_err(dir_err(sessions_dir))?;
+        let unmatched = config
+            .unmatched
+            .as_deref()
+            .map(unmatched_endpoint)
+            .transpose()?;
         let metrics = Metrics::register(metrics).map_err(HubError::Metrics)?;
         let router = compile_routes(&[])?;
         let listener = TcpListener::bind(config.listen)
@@ -355,6 +398,7 @@ impl Hub {
             store,
             ingest: ingest_tx,
             upstream_wake: Notify::new(),
+            unmatched,
             local_addr,
             cancel: cancel.clone(),
             tracker: tracker.clone(),
@@ -559,15 +603,7 @@ impl Hub {
         self.inner
             .twins
             .patch_reported(module, &patch)
-            .map_err(|e| match e {
-                TwinError::NotObject => HubError::PatchNotObject {
-                    module: module.to_owned(),
-                },
-                TwinError::Io { source, .. } => HubError::Twin {
-                    module: module.to_owned(),
-                    source,
-                },
-            })
+            .map_err(|e| twin_error(module, e))
     }
 
     /// Merges `patch` (a JSON merge patch, as a backend sends) into the desired properties of
@@ -588,15 +624,7 @@ impl Hub {
             .inner
             .twins
             .patch_desired(module, patch)
-            .map_err(|e| match e {
-                TwinError::NotObject => HubError::PatchNotObject {
-                    module: module.to_owned(),
-                },
-                TwinError::Io { source, .. } => HubError::Twin {
-                    module: module.to_owned(),
-                    source,
-                },
-            })?;
+            .map_err(|e| twin_error(module, e))?;
         match change {
             Some(change) => {
                 let version = change.version;
@@ -614,6 +642,12 @@ impl Hub {
     #[must_use]
     pub fn upstream_queue(&self) -> UpstreamQueue {
         UpstreamQueue::new(Arc::clone(&self.inner))
+    }
+
+    /// Sets the queue gauges from the store now (edged calls it before each `/metrics`
+    /// scrape; the sweep also does, once a second).
+    pub fn refresh_queue_gauges(&self) {
+        update_queue_gauges(&self.inner, &self.inner.store.snapshot());
     }
 
     /// Queues, connected modules and counters now (queues as of the store thread's last
@@ -658,7 +692,17 @@ impl Hub {
 
 fn update_queue_gauges(inner: &Inner, snapshot: &store::Snapshot) {
     let now = now_ms();
-    let mut per_endpoint: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    // Every endpoint a route (or the unmatched setting) can fill has its series from the
+    // start, at zero, so that a dashboard or an alert rule sees the queue before it grows.
+    let mut per_endpoint: BTreeMap<String, (u64, f64)> = inner
+        .routing()
+        .router
+        .sinks()
+        .iter()
+        .map(ingest::endpoint_of)
+        .chain(inner.unmatched.clone())
+        .map(|e| (e, (0, 0.0)))
+        .collect();
     for (k, (len, oldest)) in &snapshot.queues {
         let age = oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
         let e = per_endpoint.entry(k.endpoint.clone()).or_default();

@@ -696,3 +696,72 @@ async fn a_full_store_refuses_messages_without_acknowledging_them() {
     }
     h.stop().await;
 }
+
+#[tokio::test]
+async fn unmatched_messages_go_to_the_configured_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, keys) = identities(&["a", "b", "catch"]);
+    let mut cfg = config(dir.path());
+    cfg.unmatched = Some(r#"BrokeredEndpoint("/modules/catch/inputs/unmatched")"#.into());
+    let h = start_with(cfg, ids, keys).await;
+    h.routes(&[("ab", A_TO_B_IN1)]);
+    let mut b = h.connect("b").await;
+    b.subscribe(&format!("devices/{DEVICE}/modules/b/inputs/#"))
+        .await;
+    let mut catch = h.connect("catch").await;
+    catch
+        .subscribe(&format!("devices/{DEVICE}/modules/catch/inputs/#"))
+        .await;
+    let mut a = h.connect("a").await;
+    a.send(&events("a", "%24.on=out"), "routed").await;
+    a.send(&events("a", "%24.on=other"), "unmatched").await;
+
+    let p = b.publish_in().await;
+    assert_eq!(input_of(&p.topic, "b").0, "in1");
+    assert_eq!(&p.payload[..], b"routed");
+    let p = catch.publish_in().await;
+    let (input, msg) = input_of(&p.topic, "catch");
+    assert_eq!(input, "unmatched");
+    assert_eq!(&p.payload[..], b"unmatched");
+    // The message keeps its origin.
+    assert_eq!(msg.system.get(SysProp::ConnectionModuleId), Some("a"));
+    assert_eq!(h.hub.stats().unmatched, 0, "nothing was dropped");
+    assert_eq!(
+        h.metric(
+            "edgehub_messages_routed_total",
+            Some(("route", "$unmatched"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        h.metric(
+            "edgehub_messages_dropped_total",
+            Some(("reason", "no_route"))
+        ),
+        0.0
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_unmatched_setting_that_is_not_a_sink_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, _) = identities(&["a"]);
+    let mut cfg = config(dir.path());
+    cfg.unmatched = Some(r#"BrokeredEndpoint("/modules/catch")"#.into());
+    let Err(err) = edge_hub::Hub::start(
+        cfg,
+        ids,
+        &prometheus::Registry::new(),
+        tokio_util::sync::CancellationToken::new(),
+        &tokio_util::task::TaskTracker::new(),
+    )
+    .await
+    else {
+        panic!("a hub started with a bad unmatched sink");
+    };
+    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(text.contains("hub.unmatched"), "{text}");
+    // The column counts within the value: the string at character 18 is not a module input.
+    assert!(text.contains("column 18"), "{text}");
+}

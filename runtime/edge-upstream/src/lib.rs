@@ -23,5 +23,5 @@ pub mod transport;
 
 pub use backend::{Backend, BackendError, DeviceStatus};
 pub use config::UpstreamConfig;
-pub use link::{Device, LinkStats, Upstream, UpstreamError};
+pub use link::{Device, LinkStats, Upstream, UpstreamError, check_config};
 pub use transport::{Broker, TlsError, TlsFiles, UrlError, parse_url};

@@ -142,6 +142,18 @@ enum SessionEnd {
     Dropped(String),
 }
 
+/// Checks an upstream configuration without connecting: the URL parses and the TLS files
+/// load. edged calls it before it starts anything, so a bad upstream setting stops it at once
+/// instead of after the modules are up.
+///
+/// # Errors
+/// As [`Upstream::new`].
+pub fn check_config(config: &UpstreamConfig, device_id: &str) -> Result<(), UpstreamError> {
+    let broker = parse_url(&config.url)?;
+    crate::transport::mqtt_options(&broker, device_id, &config.tls)?;
+    Ok(())
+}
+
 impl Upstream {
     /// A link for device `device_id` reading `queue`.
     ///

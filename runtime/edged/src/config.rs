@@ -63,6 +63,9 @@ pub struct HubSection {
     pub method_timeout: Duration,
     /// fsync every batch before acknowledging (turning this off loses durability).
     pub fsync: bool,
+    /// Where messages that no route selects go, as a route sink (`$upstream` or
+    /// `BrokeredEndpoint("/modules/<m>/inputs/<i>")`); empty: dropped and counted, as in Azure.
+    pub unmatched: String,
 }
 
 /// `[workload]`.
@@ -103,6 +106,7 @@ impl Default for EdgedConfig {
                 max_message_bytes: 262_144,
                 method_timeout: Duration::from_secs(30),
                 fsync: true,
+                unmatched: String::new(),
             },
             workload: WorkloadSection { uri: String::new() },
             metrics: MetricsSection {

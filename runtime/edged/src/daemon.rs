@@ -168,6 +168,7 @@ impl AgentMetrics {
     }
 
     fn refresh(&self, agent: &Agent, hub: &Hub) {
+        hub.refresh_queue_gauges();
         self.status.reset();
         self.heartbeat_age.reset();
         self.rss.reset();
@@ -258,6 +259,10 @@ fn edge_core_hash(path: &Path) -> String {
 }
 
 async fn run(cfg: EdgedConfig) -> Result<()> {
+    if let Some(up) = &cfg.upstream {
+        edge_upstream::check_config(up, &cfg.device_id)
+            .context("the upstream configuration is unusable")?;
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let registry = Registry::new();
@@ -277,6 +282,7 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
     hub_cfg.max_message_bytes = cfg.hub.max_message_bytes;
     hub_cfg.method_timeout = cfg.hub.method_timeout;
     hub_cfg.store.fsync = cfg.hub.fsync;
+    hub_cfg.unmatched = Some(cfg.hub.unmatched.clone()).filter(|s| !s.trim().is_empty());
     let hub = Hub::start(
         hub_cfg,
         identities.clone(),

@@ -348,6 +348,16 @@ impl DcsServer {
             .clone()
     }
 
+    /// How many client writes have been logged (cheap: no copy of the log).
+    #[must_use]
+    pub fn write_count(&self) -> usize {
+        self.state
+            .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// The current value of a node in the simulator's namespace, by string id.
     #[must_use]
     pub fn value(&self, id: &str) -> Option<Variant> {

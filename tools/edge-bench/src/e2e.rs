@@ -1,16 +1,22 @@
-//! End to end on the repository's `deployment.json`: throughput of the full TEP replay,
-//! ingest-to-score latency of a paced replay, start-up times, resident memory, binary sizes.
+//! End to end on the repository's `deployment.json`: throughput of the full TEP replay into
+//! the simulated DCS, ingest-to-DCS latency of a paced replay (and ingest-to-score beside it),
+//! start-up times, resident memory, binary sizes.
+//!
+//! The DCS is dcs-sim in this process with the remote-enable interlock on, so that the writer
+//! really writes. Its write log, stamped by the server at each write, is the observation point:
+//! the writer maps each result's `ingestedAt` (stamped by historian-ingest when it read the
+//! sample) to `Advisory.LastUpdate`, so one such write is one sample landed in the DCS, and
+//! its server time minus the value written is that sample's ingest-to-DCS latency.
 
-use crate::procs::{self, Edged, Group};
+use crate::procs::{self, Edged};
 use crate::{Bench, Entry};
 use anyhow::{Context, Result};
+use dcs_sim::{DcsConfig, DcsServer};
 use edge_core::sas::{ModuleKey, make_token, module_uri};
 use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const HISTORIAN: &str = "historian-ingest";
@@ -37,26 +43,50 @@ fn point_at(v: &mut Value, url: &str) {
     }
 }
 
-/// When the deployment has opcua-writer, starts dcs-sim and points the writer's twin at it.
-fn with_dcs(b: &Bench, manifest: &mut Value, dir: &Path) -> Result<Option<Group>> {
+/// The node the writer stamps with each result's `ingestedAt`.
+const LAST_UPDATE_NODE: &str = "ns=2;s=Advisory.LastUpdate";
+
+/// dcs-sim in this process, on its own runtime (the bench's waits are synchronous).
+struct Dcs {
+    server: DcsServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Dcs {
+    /// (server time of the write, `ingestedAt` written) of every `LastUpdate` write that was
+    /// stored (a refused write, null `stored`, did not land), in log order.
+    fn landed(&self) -> Vec<(SystemTime, SystemTime)> {
+        // chrono writes `+00:00`; humantime reads `Z`.
+        let parse = |s: &str| humantime::parse_rfc3339_weak(&s.replace("+00:00", "Z")).ok();
+        self.server
+            .write_log()
+            .into_iter()
+            .filter(|r| r.node == LAST_UPDATE_NODE && !r.stored.is_null())
+            .filter_map(|r| Some((parse(&r.time)?, parse(r.requested.as_str()?)?)))
+            .collect()
+    }
+}
+
+/// When the deployment has opcua-writer, starts dcs-sim (interlock on) and points the
+/// writer's twin at it.
+fn with_dcs(manifest: &mut Value, dir: &Path) -> Result<Option<Dcs>> {
     if !modules(manifest).iter().any(|m| m == WRITER) {
         return Ok(None);
     }
-    let mut cmd = Command::new(procs::release_bin(&b.root, "dcs-sim")?);
-    cmd.current_dir(&b.root)
-        .args(["--port", "0", "--data-dir"])
-        .arg(dir.join("dcs-sim"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut g = Group::spawn(cmd)?;
-    let out = g.child.stdout.take().context("no dcs-sim stdout")?;
-    let mut url = String::new();
-    BufReader::new(out).read_line(&mut url)?;
-    let url = url.trim().to_owned();
-    anyhow::ensure!(url.starts_with("opc.tcp://"), "dcs-sim printed {url:?}");
-    point_at(&mut manifest["modulesContent"][WRITER], &url);
-    Ok(Some(g))
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut cfg = DcsConfig::new(0, dir.join("dcs-pki"));
+    cfg.remote_enable = true;
+    let server = rt
+        .block_on(DcsServer::start(cfg))
+        .context("starting dcs-sim")?;
+    point_at(
+        &mut manifest["modulesContent"][WRITER],
+        server.endpoint_url(),
+    );
+    Ok(Some(Dcs { server, _rt: rt }))
 }
 
 /// The repository's deployment, with relative working directories made absolute (a copy in
@@ -90,7 +120,7 @@ fn ms(d: Duration) -> f64 {
 pub fn throughput(b: &mut Bench) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut manifest = load_manifest(&b.root)?;
-    let _dcs = with_dcs(b, &mut manifest, dir.path())?;
+    let dcs = with_dcs(&mut manifest, dir.path())?;
     let names = modules(&manifest);
     let path = write(dir.path(), "deployment.json", &manifest)?;
     eprintln!(
@@ -99,12 +129,14 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
     );
     let mut edged = Edged::start(&b.root, &path, &dir.path().join("edged"))?;
     let t0 = edged.spawned;
+    let t0_wall = SystemTime::now() - t0.elapsed();
     let deadline = t0 + Duration::from_secs(if b.quick { 150 } else { 600 });
     let mut first_route = None;
     let mut all_running = None;
     let (mut samples, mut scores) = (0.0, 0.0);
     let mut last_score = t0;
     let mut last_sample = t0;
+    let (mut writes, mut last_write) = (0, t0);
     while Instant::now() < deadline {
         let m = match edged.metrics() {
             Ok(m) => m,
@@ -130,11 +162,28 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
             scores = c;
             last_score = now;
         }
+        if let Some(d) = &dcs {
+            let w = d.server.write_count();
+            if w > writes {
+                writes = w;
+                last_write = now;
+            }
+        }
         if samples == 0.0 && now - t0 > Duration::from_secs(60) {
             anyhow::bail!("no sample was published within 60 s (see the module logs)");
         }
         let quiet = Duration::from_secs(2);
-        if samples > 0.0 && scores > 0.0 && now - last_sample > quiet && now - last_score > quiet {
+        // Done when nothing more lands; a writer that never writes is given 20 s after the
+        // last score, then reported as such (no `e2e_samples_per_s`).
+        let writer_done = dcs.is_none()
+            || (writes > 0 && now - last_write > quiet)
+            || (writes == 0 && now - last_score > Duration::from_secs(20));
+        if samples > 0.0
+            && scores > 0.0
+            && now - last_sample > quiet
+            && now - last_score > quiet
+            && writer_done
+        {
             break;
         }
         let step = if first_route.is_none() || all_running.is_none() {
@@ -156,14 +205,41 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
     }
     let elapsed = last_score.saturating_duration_since(t0).as_secs_f64();
     eprintln!("[bench] e2e: {samples} samples, {scores} scores in {elapsed:.2} s");
-    b.push(Entry::solo(
-        "e2e_samples_per_s",
-        "samples/s",
-        (samples / elapsed.max(1e-9)).round(),
-        &cmd,
-    ));
     b.push(Entry::solo("e2e_samples", "samples", samples, &cmd));
     b.push(Entry::solo("e2e_scores", "scores", scores, &cmd));
+    b.push(Entry::solo(
+        "e2e_scored_per_s",
+        "samples/s",
+        (samples / elapsed.max(1e-9)).round(),
+        &format!("{cmd}; samples over the time to the last score"),
+    ));
+    if let Some(d) = dcs.as_ref().filter(|_| writes > 0) {
+        let landed = d.landed();
+        let end = landed.iter().map(|(t, _)| *t).max().unwrap_or(t0_wall);
+        let secs = end
+            .duration_since(t0_wall)
+            .unwrap_or_default()
+            .as_secs_f64();
+        eprintln!(
+            "[bench] e2e: {} samples landed in the DCS in {secs:.2} s",
+            landed.len()
+        );
+        let dcs_cmd = format!(
+            "{cmd}; samples whose result the DCS stored (Advisory.LastUpdate writes in dcs-sim's write log) over the time to the last one"
+        );
+        b.push(Entry::solo(
+            "e2e_samples_per_s",
+            "samples/s",
+            (landed.len() as f64 / secs.max(1e-9)).round(),
+            &dcs_cmd,
+        ));
+        b.push(Entry::solo(
+            "e2e_samples_in_dcs",
+            "samples",
+            landed.len() as f64,
+            &dcs_cmd,
+        ));
+    }
 
     // Footprint after the run.
     let rss_cmd = format!("{cmd}; VmRSS from /proc/PID/status after the run");
@@ -205,12 +281,12 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
     Ok(())
 }
 
-/// Paced replay with a sink module: latency from a sample's scheduled emit time to the
-/// sink receiving its score.
+/// Paced replay: latency from a sample's `ingestedAt` to the DCS storing its result, and
+/// from its scheduled emit time to a sink module receiving its score.
 pub fn latency(b: &mut Bench) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut manifest = load_manifest(&b.root)?;
-    let _dcs = with_dcs(b, &mut manifest, dir.path())?;
+    let dcs = with_dcs(&mut manifest, dir.path())?;
     let twin = &mut manifest["modulesContent"][HISTORIAN]["properties.desired"];
     let period = twin["source"]["samplePeriod"]
         .as_str()
@@ -250,17 +326,67 @@ pub fn latency(b: &mut Bench) -> Result<()> {
     if hist.is_empty() {
         anyhow::bail!("the sink received no scores");
     }
-    for (name, q) in [("e2e_p50_latency_ms", 0.5), ("e2e_p99_latency_ms", 0.99)] {
-        let v = hist.value_at_quantile(q) as f64 / 1000.0;
-        b.push(Entry::solo(name, "ms", (v * 100.0).round() / 100.0, &cmd));
-    }
+    push_quantiles(b, &hist, "e2e_score", &cmd);
     b.push(Entry::solo(
         "e2e_latency_scores",
         "scores",
         hist.len() as f64,
         &cmd,
     ));
+    if let Some(d) = &dcs {
+        let landed = d.landed();
+        let dcs_cmd = format!(
+            "{cmd}; ingestedAt to the DCS's server time of the Advisory.LastUpdate write (dcs-sim write log)"
+        );
+        let hist = dcs_latency(&landed)?;
+        eprintln!(
+            "[bench] e2e latency: {} samples landed in the DCS",
+            hist.len()
+        );
+        anyhow::ensure!(!hist.is_empty(), "no result landed in the DCS");
+        push_quantiles(b, &hist, "e2e", &dcs_cmd);
+        b.push(Entry::solo(
+            "e2e_latency_samples_in_dcs",
+            "samples",
+            hist.len() as f64,
+            &dcs_cmd,
+        ));
+    }
     Ok(())
+}
+
+/// `{prefix}_p50_latency_ms` and `{prefix}_p99_latency_ms` of a histogram in microseconds.
+fn push_quantiles(b: &mut Bench, hist: &Histogram<u64>, prefix: &str, cmd: &str) {
+    for (p, q) in [("p50", 0.5), ("p99", 0.99)] {
+        let v = hist.value_at_quantile(q) as f64 / 1000.0;
+        b.push(Entry::solo(
+            &format!("{prefix}_{p}_latency_ms"),
+            "ms",
+            (v * 100.0).round() / 100.0,
+            cmd,
+        ));
+    }
+}
+
+/// Ingest-to-DCS latencies of landed samples. Samples ingested before the first result landed
+/// (plus 200 ms) waited for the writer to connect, not for the pipeline, and are left out.
+fn dcs_latency(landed: &[(SystemTime, SystemTime)]) -> Result<Histogram<u64>> {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let Some(first) = landed.iter().map(|(t, _)| *t).min() else {
+        return Ok(hist);
+    };
+    let steady = first + Duration::from_millis(200);
+    for (stored, ingested) in landed {
+        if *ingested < steady {
+            continue;
+        }
+        let us = stored
+            .duration_since(*ingested)
+            .unwrap_or_default()
+            .as_micros();
+        hist.saturating_record(u64::try_from(us)?.max(1));
+    }
+    Ok(hist)
 }
 
 async fn sink(

@@ -24,6 +24,10 @@ impl Mosquitto {
     /// Starts mosquitto on a free port with its files in `dir`; `persist` keeps sessions and
     /// retained messages across [`Mosquitto::stop`] / [`Mosquitto::restart`].
     pub async fn start(dir: &Path, persist: bool) -> Result<Self> {
+        Self::launch(dir, persist, None).await
+    }
+
+    async fn launch(dir: &Path, persist: bool, tls: Option<Pki>) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -31,7 +35,7 @@ impl Mosquitto {
             child: None,
             port,
             dir: dir.to_owned(),
-            tls: None,
+            tls,
         };
         m.write_conf(persist)?;
         m.restart().await?;
@@ -42,18 +46,7 @@ impl Mosquitto {
     /// 127.0.0.1; every client must present a certificate from the same CA, and its common
     /// name becomes its user name.
     pub async fn start_tls(dir: &Path, pki: &Pki) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut m = Self {
-            child: None,
-            port,
-            dir: dir.to_owned(),
-            tls: Some(pki.clone()),
-        };
-        m.write_conf(false)?;
-        m.restart().await?;
-        Ok(m)
+        Self::launch(dir, false, Some(pki.clone())).await
     }
 
     fn write_conf(&self, persist: bool) -> Result<()> {
