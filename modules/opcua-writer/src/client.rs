@@ -113,6 +113,7 @@ pub struct OpcuaDcs {
     connected: watch::Receiver<bool>,
     stop: CancellationToken,
     connects: Arc<std::sync::atomic::AtomicU64>,
+    last_error: watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for OpcuaDcs {
@@ -128,6 +129,14 @@ struct Shared {
     interlock: watch::Sender<Option<bool>>,
     connected: watch::Sender<bool>,
     connects: Arc<std::sync::atomic::AtomicU64>,
+    /// Why the last connection attempt or session failed (cleared on connect).
+    last_error: watch::Sender<Option<String>>,
+}
+
+impl Shared {
+    fn failed(&self, why: String) {
+        self.last_error.send_replace(Some(why));
+    }
 }
 
 impl OpcuaDcs {
@@ -139,11 +148,13 @@ impl OpcuaDcs {
         let (connected_tx, connected) = watch::channel(false);
         let stop = CancellationToken::new();
         let connects = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (last_error_tx, last_error) = watch::channel(None);
         let shared = Shared {
             session: session_tx,
             interlock: interlock_tx,
             connected: connected_tx,
             connects: connects.clone(),
+            last_error: last_error_tx,
         };
         tokio::spawn(connection_task(settings, shared, stop.clone()));
         Self {
@@ -152,7 +163,21 @@ impl OpcuaDcs {
             connected,
             stop,
             connects,
+            last_error,
         }
+    }
+
+    /// Why the last connection attempt or session failed, e.g. the server refusing the login;
+    /// `None` once connected.
+    #[must_use]
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.borrow().clone()
+    }
+
+    /// Watches [`Self::last_error`].
+    #[must_use]
+    pub fn last_error_watch(&self) -> watch::Receiver<Option<String>> {
+        self.last_error.clone()
     }
 
     /// How many times a session was established (1 after the first connect).
@@ -235,11 +260,15 @@ async fn connection_task(s: ClientSettings, shared: Shared, stop: CancellationTo
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(endpoint = %s.endpoint, error = %e, "cannot connect to the DCS")
+                        tracing::warn!(endpoint = %s.endpoint, error = %e, "cannot connect to the DCS");
+                        shared.failed(format!("cannot connect: {e}"));
                     }
                 }
             }
-            Err(e) => tracing::error!(errors = ?e, "invalid OPC UA client configuration"),
+            Err(e) => {
+                tracing::error!(errors = ?e, "invalid OPC UA client configuration");
+                shared.failed(format!("invalid client configuration: {e:?}"));
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -317,10 +346,16 @@ async fn run_session(
             None => break,
             Some(Err(status)) => {
                 tracing::warn!(%status, "DCS session ended");
+                shared.failed(format!("session ended: {status}"));
                 break;
+            }
+            Some(Ok(SessionPollResult::ReconnectFailed(status))) => {
+                tracing::warn!(%status, "cannot connect to the DCS; retrying");
+                shared.failed(format!("connect failed: {status}"));
             }
             Some(Ok(SessionPollResult::ConnectionLost(status))) => {
                 tracing::warn!(%status, "DCS connection lost; reconnecting");
+                shared.failed(format!("connection lost: {status}"));
                 set_down(shared);
             }
             Some(Ok(SessionPollResult::Reconnected(mode))) => {
@@ -371,6 +406,7 @@ async fn run_session(
                     });
                 }
                 shared.session.send_replace(Some(session.clone()));
+                shared.last_error.send_replace(None);
                 shared.connected.send_replace(true);
             }
             Some(Ok(_)) => {}

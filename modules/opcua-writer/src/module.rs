@@ -19,15 +19,14 @@ pub struct WriterModule;
 
 /// The reported-properties patch for the current state.
 #[must_use]
-pub fn status_report(
-    writer: &Writer,
-    connected: bool,
-    interlock: Option<bool>,
-    connects: u64,
-) -> Json {
+pub fn status_report(writer: &Writer, dcs: &OpcuaDcs) -> Json {
+    let connected = *dcs.connected().borrow();
+    let interlock = *dcs.interlock().borrow();
+    let connects = dcs.connects();
     json!({
         "connection": {
             "state": if connected { "connected" } else { "disconnected" },
+            "lastError": dcs.last_error(),
             "endpoint": writer.config().endpoint,
             "securityPolicy": writer.config().security_policy,
             "securityMode": writer.config().security_mode,
@@ -215,7 +214,7 @@ impl Module for WriterModule {
                         let w = writer.lock().await;
                         metrics.mirror(&w);
                         metrics.set_state(*dcs.connected().borrow(), *dcs.interlock().borrow());
-                        status_report(&w, *dcs.connected().borrow(), *dcs.interlock().borrow(), dcs.connects())
+                        status_report(&w, &dcs)
                     };
                     if let Err(e) = ctx.report(&patch).await {
                         tracing::warn!(error = %e, "cannot report status");

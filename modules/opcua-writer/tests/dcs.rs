@@ -449,3 +449,58 @@ async fn sign_and_encrypt_session_works() {
     assert_eq!(sp_value(&r.sim), 33.0);
     assert_eq!(r.writer.counters().written, 7);
 }
+
+/// A writer for `sim` logging in as `user` (anonymous when `None`).
+fn login_writer(dir: &Path, sim: &DcsServer, user: Option<(&str, &str)>) -> (OpcuaDcs, Writer) {
+    let mut cfg = config(sim.endpoint_url(), limits());
+    cfg.username = user.map(|u| u.0.to_owned());
+    cfg.password = user.map(|u| u.1.to_owned());
+    let data = dir.join(user.map_or("anonymous", |u| u.1));
+    let dcs = OpcuaDcs::start(ClientSettings::from_config(&cfg, &data));
+    let writer = Writer::new(cfg, AuditLog::open(&data).expect("audit"));
+    (dcs, writer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dcs_that_requires_a_login_accepts_only_the_configured_user() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = DcsConfig::new(0, pki_in(dir.path()));
+    c.remote_enable = true;
+    c.users = vec![("operator".into(), "s3cret".into())];
+    let sim = DcsServer::start(c).await.expect("dcs-sim");
+
+    // Anonymous and a wrong password are refused, and the writer says why.
+    for user in [None, Some(("operator", "wrong"))] {
+        let (dcs, mut writer) = login_writer(dir.path(), &sim, user);
+        let mut why = dcs.last_error_watch();
+        let err = tokio::time::timeout(Duration::from_secs(60), why.wait_for(Option::is_some))
+            .await
+            .expect("a refusal within 60 s")
+            .expect("watch")
+            .clone()
+            .unwrap_or_default();
+        assert!(!*dcs.connected().borrow(), "{user:?} connected: {err}");
+        assert!(!err.is_empty());
+        writer
+            .handle(&dcs, &msg(30.0, 5.0, Duration::ZERO, "pca-v1"))
+            .await;
+        assert_eq!(writer.counters().written, 0, "{user:?}");
+        assert_eq!(writer.counters().queued, 7, "kept as latest: {user:?}");
+        dcs.stop();
+    }
+    assert!(sim.write_log().is_empty(), "nothing reached the DCS");
+
+    // The configured user writes.
+    let (dcs, mut writer) = login_writer(dir.path(), &sim, Some(("operator", "s3cret")));
+    let (c, i) = (dcs.connected(), dcs.interlock());
+    wait_for("connected as operator with the interlock on", || {
+        *c.borrow() && *i.borrow() == Some(true)
+    })
+    .await;
+    assert_eq!(dcs.last_error(), None);
+    writer
+        .handle(&dcs, &msg(31.0, 6.0, Duration::ZERO, "pca-v1"))
+        .await;
+    assert_eq!(writer.counters().written, 7);
+    assert_eq!(sp_value(&sim), 31.0);
+}

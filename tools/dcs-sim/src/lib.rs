@@ -31,7 +31,7 @@ use nodes::{DcsNodeManager, DcsNodes};
 use opcua::crypto::SecurityPolicy;
 use opcua::server::address_space::NodeType;
 use opcua::server::node_manager::memory::InMemoryNodeManagerBuilder;
-use opcua::server::{ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerHandle};
+use opcua::server::{ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerHandle, ServerUserToken};
 use opcua::types::{
     AttributeId, DataEncoding, DataValue, MessageSecurityMode, NodeId, NumericRange,
     TimestampsToReturn, Variant,
@@ -56,10 +56,14 @@ pub struct DcsConfig {
     pub pki_dir: PathBuf,
     /// Initial state of `Interlock.RemoteEnable`.
     pub remote_enable: bool,
+    /// User names and passwords the server accepts. Empty: anonymous sessions only; otherwise
+    /// a login is required on every endpoint and anonymous sessions are refused.
+    pub users: Vec<(String, String)>,
 }
 
 impl DcsConfig {
-    /// Defaults: `127.0.0.1`, the given port, the given PKI directory, interlock off.
+    /// Defaults: `127.0.0.1`, the given port, the given PKI directory, interlock off,
+    /// anonymous sessions.
     #[must_use]
     pub fn new(port: u16, pki_dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -67,6 +71,7 @@ impl DcsConfig {
             port,
             pki_dir: pki_dir.into(),
             remote_enable: false,
+            users: Vec::new(),
         }
     }
 }
@@ -228,8 +233,17 @@ impl DcsServer {
                 DcsNodes::new(ns, st)
             },
         );
-        let tokens = [ANONYMOUS_USER_TOKEN_ID];
-        let (server, handle) = app_builder()
+        let user_ids: Vec<String> = (0..cfg.users.len()).map(|i| format!("user{i}")).collect();
+        let tokens: Vec<&str> = if user_ids.is_empty() {
+            vec![ANONYMOUS_USER_TOKEN_ID]
+        } else {
+            user_ids.iter().map(String::as_str).collect()
+        };
+        let mut builder = app_builder();
+        for (id, (user, pass)) in user_ids.iter().zip(&cfg.users) {
+            builder = builder.add_user_token(id, ServerUserToken::user_pass(user, pass));
+        }
+        let (server, handle) = builder
             .create_sample_keypair(true)
             .pki_dir(&cfg.pki_dir)
             .trust_client_certs(true)
@@ -242,7 +256,7 @@ impl DcsServer {
                     "/",
                     SecurityPolicy::None,
                     MessageSecurityMode::None,
-                    &tokens as &[&str],
+                    tokens.as_slice(),
                 ),
             )
             .add_endpoint(
@@ -251,7 +265,7 @@ impl DcsServer {
                     "/",
                     SecurityPolicy::Basic256Sha256,
                     MessageSecurityMode::SignAndEncrypt,
-                    &tokens as &[&str],
+                    tokens.as_slice(),
                 ),
             )
             .with_node_manager(nm_builder)

@@ -39,6 +39,16 @@ struct Args {
     /// Start the replay again at the end of the file.
     #[arg(long = "loop")]
     repeat: bool,
+    /// Require a login: `NAME:PASSWORD` (repeatable). Without it sessions are anonymous.
+    #[arg(long = "user", value_parser = parse_user)]
+    users: Vec<(String, String)>,
+}
+
+fn parse_user(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((u, p)) if !u.is_empty() => Ok((u.to_owned(), p.to_owned())),
+        _ => Err(format!("`{s}` is not NAME:PASSWORD")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -78,6 +88,7 @@ async fn run(args: Args) -> ExitCode {
     let mut cfg = dcs_sim::DcsConfig::new(args.port, args.data_dir.join("pki"));
     cfg.host = args.host;
     cfg.remote_enable = args.remote_enable;
+    cfg.users.clone_from(&args.users);
     let server = match dcs_sim::DcsServer::start(cfg).await {
         Ok(s) => s,
         Err(e) => {
