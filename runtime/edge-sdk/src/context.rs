@@ -314,4 +314,19 @@ async fn wait_for_signal(stop: CancellationToken) {
         _ = int.recv() => info!("SIGINT received; stopping."),
     }
     stop.cancel();
+    // A stop that cannot finish (module code awaiting a hub that is gone, e.g. after edged was
+    // killed and the parent-death signal arrived) must not leave an orphan behind: after
+    // HARD_STOP, or at a second signal, the process exits. A normal stop ends this task first.
+    tokio::select! {
+        () = tokio::time::sleep(HARD_STOP) => {
+            error!("Did not stop within {HARD_STOP:?} of the signal; exiting.");
+        }
+        _ = term.recv() => error!("Second SIGTERM; exiting now."),
+        _ = int.recv() => error!("Second SIGINT; exiting now."),
+    }
+    std::process::exit(1);
 }
+
+/// How long a module may take to stop after SIGTERM/SIGINT before it exits regardless
+/// (below the agent's default 30 s grace, above the SDK's own 5 s flush).
+const HARD_STOP: Duration = Duration::from_secs(10);
