@@ -75,20 +75,22 @@ figure is the listener's cost, not the disk's); best of two rounds after a warm-
 - **Recovery**: a child process appends N × 256 B (sync every 1000) and is killed with SIGKILL; \
 the figure is the time for `Store::open` to scan and index the directory.
 - **End to end**: `edged` with the repository's `deployment.json` (TEP runs replayed at speed 0, \
-as fast as the hub accepts): samples/s = samples the historian published / (time from spawning \
-edged to the last score counted in `/metrics`, polled every 20 ms; when opcua-writer is \
-deployed, dcs-sim is started and the writer's twin pointed at it, but the end is still the \
-last score, not the last DCS write). Start-up: time from spawning \
+as fast as the hub accepts) and dcs-sim in the bench process with the remote-enable interlock \
+on, so that opcua-writer really writes (read, write, read back, audit). `e2e_samples_per_s` = \
+samples whose result the DCS stored (`Advisory.LastUpdate` writes in dcs-sim's write log) / \
+time from spawning edged to the last such write; `e2e_scored_per_s` = samples published / \
+time to the last score counted in `/metrics` (polled every 20 ms). Start-up: time from spawning \
 edged to the first routed message, and to every module reported running *and* connected to the \
 hub (`/metrics`, polled every 5 ms). RSS (`VmRSS`) of edged and of each module right after the \
 replay; binary sizes of the stripped release build.
-- **End-to-end latency**: a second run replays the first TEP runs paced at 500 samples/s and \
-routes `onnx-scoring`'s scores to a sink module (this benchmark, connected as an identity \
-module). A sample's send time follows from the replay schedule: `ts` (carried into the score) = \
-run start + sample × period, and sample k is sent (k − 1) × period / speed after the run start; \
-latency = sink receive time − send time (wall clock, same machine; `ts` has millisecond \
-resolution, so figures can be up to 1 ms high). Samples sent before the sink subscribed are \
-left out.
+- **End-to-end latency**: a second run replays the first TEP runs paced at 500 samples/s. \
+`e2e_p50/p99_latency_ms` are ingest to DCS: the DCS's server time of each `Advisory.LastUpdate` \
+write minus the value written, which is the sample's `ingestedAt` stamped by historian-ingest \
+(samples ingested before the first result landed are left out). `e2e_score_*` are ingest to \
+score: the scores are also routed to a sink module (this benchmark, connected as an identity \
+module); a sample's send time follows from the replay schedule (`ts` = run start + sample × \
+period, sample k is sent (k − 1) × period / speed after the run start) and latency = sink \
+receive time − send time (`ts` has millisecond resolution, so figures can be up to 1 ms high).
 - **Fleet**: `edge-upstream`'s `fleet` example starts N release `edged` processes on this \
 machine (each with a one-module deployment, `/bin/sleep`, fsync off, metrics off) against one \
 Debian Mosquitto, waits until all N report, then publishes a retained versioned deployment to \
