@@ -149,6 +149,22 @@ pub struct WriteRecord {
     pub status: String,
 }
 
+impl WriteRecord {
+    /// [`WriteRecord::time`] as a `SystemTime`.
+    #[must_use]
+    pub fn server_time(&self) -> Option<std::time::SystemTime> {
+        parse_time(&self.time)
+    }
+}
+
+/// Reads a time as the simulator writes it (an OPC UA `DateTime` shown in RFC 3339, with
+/// `+00:00` for UTC): the write log's `time`, and a `DateTime` value in `requested`/`stored`.
+#[must_use]
+pub fn parse_time(s: &str) -> Option<std::time::SystemTime> {
+    // chrono writes `+00:00`; humantime reads `Z`.
+    humantime::parse_rfc3339_weak(&s.replace("+00:00", "Z")).ok()
+}
+
 /// State shared between the handle and the node manager.
 ///
 /// # Invariants
@@ -440,5 +456,24 @@ impl DcsServer {
             Ok(Err(e)) => tracing::warn!(error = %e, "dcs-sim stopped with an error"),
             Err(e) => tracing::warn!(error = %e, "dcs-sim task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+    use opcua::types::DateTime;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn times_as_the_server_writes_them_parse_back() {
+        let before = SystemTime::now() - Duration::from_secs(1);
+        let t = parse_time(&DateTime::now().to_string()).expect("parses");
+        assert!(t >= before && t <= SystemTime::now(), "{t:?}");
+        assert_eq!(
+            parse_time("2026-12-07T05:24:23.5+00:00"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_621_063_500))
+        );
+        assert_eq!(parse_time("not a time"), None);
     }
 }

@@ -88,7 +88,7 @@ async fn run(args: Args) -> ExitCode {
     let mut cfg = dcs_sim::DcsConfig::new(args.port, args.data_dir.join("pki"));
     cfg.host = args.host;
     cfg.remote_enable = args.remote_enable;
-    cfg.users.clone_from(&args.users);
+    cfg.users = args.users;
     let server = match dcs_sim::DcsServer::start(cfg).await {
         Ok(s) => s,
         Err(e) => {

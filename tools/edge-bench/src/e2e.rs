@@ -56,13 +56,16 @@ impl Dcs {
     /// (server time of the write, `ingestedAt` written) of every `LastUpdate` write that was
     /// stored (a refused write, null `stored`, did not land), in log order.
     fn landed(&self) -> Vec<(SystemTime, SystemTime)> {
-        // chrono writes `+00:00`; humantime reads `Z`.
-        let parse = |s: &str| humantime::parse_rfc3339_weak(&s.replace("+00:00", "Z")).ok();
         self.server
             .write_log()
             .into_iter()
             .filter(|r| r.node == LAST_UPDATE_NODE && !r.stored.is_null())
-            .filter_map(|r| Some((parse(&r.time)?, parse(r.requested.as_str()?)?)))
+            .filter_map(|r| {
+                Some((
+                    r.server_time()?,
+                    dcs_sim::parse_time(r.requested.as_str()?)?,
+                ))
+            })
             .collect()
     }
 }

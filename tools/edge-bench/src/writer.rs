@@ -127,9 +127,7 @@ fn t2_writes(dcs: &DcsServer) -> HashMap<u64, SystemTime> {
         .filter(|r| r.node == T2_NODE)
         .filter_map(|r| {
             let v = r.requested.as_f64()?;
-            // chrono writes `+00:00`; humantime reads `Z`.
-            let t = r.time.replace("+00:00", "Z");
-            Some((v.to_bits(), humantime::parse_rfc3339_weak(&t).ok()?))
+            Some((v.to_bits(), r.server_time()?))
         })
         .collect()
 }
