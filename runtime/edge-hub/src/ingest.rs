@@ -3,9 +3,12 @@
 //! Every connection hands what it received to one ingest task through a bounded channel
 //! (back-pressure reaches the publishing module's socket when the store falls behind). The
 //! task takes whatever is waiting (up to [`BATCH`] items), routes each message with the router
-//! loaded once for the batch, appends one record per target queue, has the store thread sync
-//! the batch once, and only then sends the PUBACKs: a QoS 1 message is acknowledged only when
-//! it is durable in every queue a route sent it to. QoS 0 messages are queued the same way, but
+//! loaded once for the batch, appends one record per target queue, wakes the subscribers of
+//! those queues (they may read the records at once), has the store thread sync the batch once,
+//! and only then sends the PUBACKs: a QoS 1 message is acknowledged only when it is durable in
+//! every queue a route sent it to. A subscriber can thus get a message before it is durable;
+//! if the sync fails or the hub dies first, the publisher, never acknowledged, sends it again
+//! (at least once). QoS 0 messages are queued the same way, but
 //! a batch of only QoS 0 messages is not synced before the next batch: its records become
 //! durable with the next sync (a QoS 1 batch, the once-a-second sweep, or shutdown), so a
 //! crash can lose up to a second of QoS 0 messages, which MQTT allows (at most once). Their
@@ -192,7 +195,29 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
     let outcome = if reqs.is_empty() {
         None
     } else {
-        match hub.store.append(reqs, durable).await {
+        // Subscribers are woken as soon as the records are in the store, while the sync runs;
+        // the PUBACKs wait for the sync.
+        let wake = |results: &[Result<u64, AppendFailure>]| {
+            let mut woken: BTreeSet<&str> = BTreeSet::new();
+            let mut upstream = false;
+            for (key, r) in keys.iter().zip(results) {
+                if r.is_ok() {
+                    match module_of(&key.endpoint) {
+                        Some(m) => {
+                            woken.insert(m);
+                        }
+                        None => upstream = true,
+                    }
+                }
+            }
+            for m in woken {
+                hub.registry.wake(m);
+            }
+            if upstream {
+                hub.upstream_wake.notify_one();
+            }
+        };
+        match hub.store.append(reqs, durable, wake).await {
             Ok(o) => Some(o),
             Err(_) => {
                 tracing::warn!("Store closed; the batch is not acknowledged.");
@@ -206,22 +231,12 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
     }
 
     let mut routed: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut woken: BTreeSet<&str> = BTreeSet::new();
-    let mut upstream = false;
     for (item, plan) in batch.drain(..).zip(plans) {
         let mut ok = true;
         if let Some(o) = &outcome {
             for i in plan.appends.clone() {
                 match &o.results[i] {
-                    Ok(_) if o.synced.is_ok() => {
-                        let endpoint = keys[i].endpoint.as_str();
-                        match module_of(endpoint) {
-                            Some(m) => {
-                                woken.insert(m);
-                            }
-                            None => upstream = true,
-                        }
-                    }
+                    Ok(_) if o.synced.is_ok() => {}
                     Ok(_) => ok = false,
                     Err(AppendFailure::Full) => {
                         ok = false;
@@ -246,12 +261,6 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
         }
     }
     hub.metrics.routed(&routed);
-    for m in woken {
-        hub.registry.wake(m);
-    }
-    if upstream {
-        hub.upstream_wake.notify_one();
-    }
 }
 
 #[cfg(test)]

@@ -1,24 +1,31 @@
-//! The store actor: the one blocking thread that owns the durable [`Store`].
+//! The store: one [`Store`] behind a mutex, and the one blocking thread that does its I/O.
 //!
-//! `edge-store` is synchronous, so the hub runs it on a single blocking thread (spawned on the
-//! hub's `TaskTracker`) and talks to it through a bounded command channel. Commands are served
-//! in arrival order; an append batch ends with one `sync()` (the group commit), acks are
-//! buffered and made durable by the next sync (an append batch, the periodic sweep, or
-//! shutdown). After each burst of commands the thread publishes a [`Snapshot`] of the queues
-//! so [`crate::Hub::stats`] can answer without waiting for the thread.
+//! `edge-store` is synchronous. Work that only touches memory or the page cache is done by the
+//! calling task itself, under the mutex: appends that need no sync (QoS 0 batches), reads of a
+//! module's queues, and acks. Work that waits for the disk is done by a blocking thread
+//! (spawned on the hub's `TaskTracker`) that takes commands through a bounded channel: an
+//! append batch that ends with one `sync()` (the group commit), the periodic expire-and-sync
+//! sweep, and the final sync at shutdown. The thread holds the mutex while it syncs; a task
+//! that finds the mutex held does not wait on it (that would block a runtime worker for an
+//! fsync) but sends its operation to the thread as a command instead, to be served after the
+//! sync. Before this split every operation was a command, and handing each batch to the
+//! thread and back twice (append, then the subscriber's read) cost more than the work itself.
 //!
 //! # Invariants
-//! - Only this thread touches the [`Store`]; every other task holds a [`StoreClient`].
-//! - A reply to an append batch is sent only after the batch was synced (or the sync failed,
-//!   which the reply says).
+//! - A task never blocks on the mutex while the thread holds it for I/O: it uses `try_lock`
+//!   and falls back to a command. Only [`StoreClient::snapshot`] waits (stats and metrics).
+//! - A reply to a durable append batch is sent only after the batch was synced (or the sync
+//!   failed, which the reply says).
+//! - Appends and acks made without a sync set `dirty` under the mutex; the next sync (a
+//!   durable batch, the sweep, or shutdown) makes them durable and clears it.
 //! - The thread exits after [`StoreClient::shutdown`] (final sync) or when every client is gone.
 
 use bytes::Bytes;
 use edge_store::{Entry, QueueKey, RecoveryReport, Store, StoreConfig, StoreError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use tokio::sync::{mpsc, oneshot};
 
 /// A queue: endpoint name and priority (0 highest).
@@ -117,7 +124,7 @@ pub(crate) struct AppendOutcome {
     pub synced: Result<(), String>,
 }
 
-/// Queue lengths as of the last command burst.
+/// Queue lengths and store size at one moment.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Snapshot {
     /// Per queue: length and unix ms of the oldest entry.
@@ -142,6 +149,9 @@ enum Cmd {
         reply: oneshot::Sender<Result<ReadResult, String>>,
     },
     Ack(Vec<(QKey, u64)>),
+    Sync {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     Expire {
         now_ms: u64,
         reply: oneshot::Sender<Vec<(QKey, u64)>>,
@@ -154,13 +164,41 @@ enum Cmd {
 #[error("the store is closed")]
 pub(crate) struct Closed;
 
-/// Handle to the store thread.
+/// What the clients and the thread share.
+struct Shared {
+    store: Mutex<Store>,
+    /// Hub-level byte quota; `u64::MAX` means none.
+    quota: AtomicU64,
+    /// Something was appended or acked since the last sync (changed under `store`'s lock).
+    dirty: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("quota", &self.quota)
+            .field("dirty", &self.dirty)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The store if nobody holds it; `Ok(None)` when the thread is busy with it.
+    fn try_store(&self) -> Result<Option<MutexGuard<'_, Store>>, Closed> {
+        match self.store.try_lock() {
+            Ok(g) => Ok(Some(g)),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            // A panic while the store was held may have left it half-updated: stop using it.
+            Err(TryLockError::Poisoned(_)) => Err(Closed),
+        }
+    }
+}
+
+/// Handle to the store and its thread.
 #[derive(Debug, Clone)]
 pub(crate) struct StoreClient {
     tx: mpsc::Sender<Cmd>,
-    snapshot: Arc<Mutex<Snapshot>>,
-    /// Hub-level byte quota; `u64::MAX` means none.
-    quota: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -169,6 +207,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::Append { .. } => "Append",
             Cmd::Read { .. } => "Read",
             Cmd::Ack(_) => "Ack",
+            Cmd::Sync { .. } => "Sync",
             Cmd::Expire { .. } => "Expire",
             Cmd::Shutdown => "Shutdown",
         })
@@ -182,32 +221,25 @@ pub(crate) async fn open(
     tracker: &tokio_util::task::TaskTracker,
 ) -> Result<(StoreClient, RecoveryReport), StoreError> {
     let (tx, rx) = mpsc::channel(1024);
-    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
     let (ready_tx, ready_rx) = oneshot::channel();
-    let quota = Arc::new(AtomicU64::new(u64::MAX));
-    let shared = Arc::clone(&snapshot);
-    let shared_quota = Arc::clone(&quota);
     tracker.spawn_blocking(move || match Store::open(&dir, config) {
         Ok((store, report)) => {
-            publish_snapshot(&store, &shared);
-            let _ = ready_tx.send(Ok(report));
-            run(store, rx, &shared, &shared_quota);
+            let shared = Arc::new(Shared {
+                store: Mutex::new(store),
+                quota: AtomicU64::new(u64::MAX),
+                dirty: AtomicBool::new(false),
+            });
+            let _ = ready_tx.send(Ok((Arc::clone(&shared), report)));
+            run(&shared, rx);
         }
         Err(e) => {
             let _ = ready_tx.send(Err(e));
         }
     });
-    let report = ready_rx.await.map_err(|_| StoreError::InvalidConfig {
+    let (shared, report) = ready_rx.await.map_err(|_| StoreError::InvalidConfig {
         reason: "the store thread ended while opening",
     })??;
-    Ok((
-        StoreClient {
-            tx,
-            snapshot,
-            quota,
-        },
-        report,
-    ))
+    Ok((StoreClient { tx, shared }, report))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -222,73 +254,87 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The thread body: serve commands until shutdown.
-fn run(
-    mut store: Store,
-    mut rx: mpsc::Receiver<Cmd>,
-    snapshot: &Mutex<Snapshot>,
-    quota: &AtomicU64,
-) {
-    let mut dirty = false;
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        let mut served = 0;
-        while let Some(cmd) = next.take() {
-            match cmd {
-                Cmd::Append {
-                    items,
-                    durable,
-                    reply,
-                } => {
-                    let outcome = append(&mut store, items, durable, quota.load(Relaxed));
-                    dirty = !durable && (dirty || outcome.results.iter().any(Result::is_ok));
-                    // Publish first, so that whoever sees the PUBACK also sees the queues.
-                    publish_snapshot(&store, snapshot);
-                    let _ = reply.send(outcome);
-                }
-                Cmd::Read {
-                    prefix,
-                    cursors,
-                    max,
-                    now_ms,
-                    reply,
-                } => {
-                    let _ = reply.send(read(&mut store, &prefix, &cursors, max, now_ms));
-                }
-                Cmd::Ack(acks) => {
-                    for (key, seq) in acks {
-                        if let Err(error) = store.ack(&key.to_store(), seq) {
-                            tracing::debug!(endpoint = %key.endpoint, seq, error = %chain(&error), "Ack refused by the store.");
-                        }
-                    }
-                    dirty = true;
-                }
-                Cmd::Expire { now_ms, reply } => {
-                    let expired = store
-                        .expire(now_ms)
-                        .into_iter()
-                        .map(|(k, n)| (QKey::from_store(&k), n))
-                        .collect();
-                    if dirty {
-                        sync(&mut store);
-                        dirty = false;
-                    }
-                    let _ = reply.send(expired);
-                }
-                Cmd::Shutdown => {
-                    sync(&mut store);
-                    publish_snapshot(&store, snapshot);
-                    tracing::debug!("Store thread stopped.");
-                    return;
-                }
+fn run(shared: &Shared, mut rx: mpsc::Receiver<Cmd>) {
+    while let Some(cmd) = rx.blocking_recv() {
+        let Ok(mut store) = shared.store.lock() else {
+            tracing::error!("The store was left half-updated by a panic; the hub stops using it.");
+            return;
+        };
+        match cmd {
+            Cmd::Append {
+                items,
+                durable,
+                reply,
+            } => {
+                let outcome = append(&mut store, items, durable, shared.quota.load(Relaxed));
+                mark(shared, durable, &outcome);
+                drop(store);
+                let _ = reply.send(outcome);
             }
-            served += 1;
-            if served < 256 {
-                next = rx.try_recv().ok();
+            Cmd::Read {
+                prefix,
+                cursors,
+                max,
+                now_ms,
+                reply,
+            } => {
+                let result = read(&mut store, &prefix, &cursors, max, now_ms);
+                drop(store);
+                let _ = reply.send(result);
+            }
+            Cmd::Ack(acks) => {
+                ack(&mut store, acks);
+                shared.dirty.store(true, Relaxed);
+            }
+            Cmd::Sync { reply } => {
+                let synced = store.sync().map_err(|e| chain(&e));
+                if synced.is_ok() {
+                    shared.dirty.store(false, Relaxed);
+                }
+                drop(store);
+                let _ = reply.send(synced);
+            }
+            Cmd::Expire { now_ms, reply } => {
+                let expired = store
+                    .expire(now_ms)
+                    .into_iter()
+                    .map(|(k, n)| (QKey::from_store(&k), n))
+                    .collect();
+                if shared.dirty.swap(false, Relaxed) {
+                    sync(&mut store);
+                }
+                drop(store);
+                let _ = reply.send(expired);
+            }
+            Cmd::Shutdown => {
+                sync(&mut store);
+                shared.dirty.store(false, Relaxed);
+                tracing::debug!("Store thread stopped.");
+                return;
             }
         }
-        publish_snapshot(&store, snapshot);
     }
-    sync(&mut store);
+    if let Ok(mut store) = shared.store.lock() {
+        sync(&mut store);
+    }
+}
+
+/// Records what an append batch left to sync (called under the store's lock).
+fn mark(shared: &Shared, durable: bool, outcome: &AppendOutcome) {
+    if durable && outcome.synced.is_ok() && outcome.results.iter().any(Result::is_ok) {
+        // The sync covered everything appended or acked before it.
+        shared.dirty.store(false, Relaxed);
+    } else if outcome.results.iter().any(Result::is_ok) || outcome.synced.is_err() {
+        shared.dirty.store(true, Relaxed);
+    }
+}
+
+fn ack(store: &mut Store, acks: Vec<(QKey, u64)>) {
+    for (key, seq) in acks {
+        if let Err(error) = store.ack(&key.to_store(), seq) {
+            tracing::debug!(endpoint = %key.endpoint, seq, error = %chain(&error), "Ack refused by the store.");
+        }
+    }
 }
 
 fn sync(store: &mut Store) {
@@ -371,18 +417,17 @@ fn read(
     Ok(out)
 }
 
-fn publish_snapshot(store: &Store, snapshot: &Mutex<Snapshot>) {
+fn snapshot_of(store: &Store) -> Snapshot {
     let mut queues = BTreeMap::new();
     for k in store.queues() {
         let len = store.len(&k) as u64;
         let oldest = store.oldest_appended_ms(&k);
         queues.insert(QKey::from_store(&k), (len, oldest));
     }
-    let snap = Snapshot {
+    Snapshot {
         queues,
         total_bytes: store.total_bytes(),
-    };
-    *snapshot.lock().unwrap_or_else(PoisonError::into_inner) = snap;
+    }
 }
 
 impl StoreClient {
@@ -392,18 +437,47 @@ impl StoreClient {
         rx.await.map_err(|_| Closed)
     }
 
-    /// Appends a batch; with `durable`, syncs it once before answering.
+    /// Appends a batch and calls `appended` with one result per request as soon as the
+    /// records are in the store (readable, not yet durable); with `durable`, then syncs once
+    /// before answering. Without, the records become durable with the next sync.
+    ///
+    /// The append is done here unless the thread holds the store; the sync is always the
+    /// thread's. Calling `appended` before the sync lets subscribers receive a message while
+    /// its fsync runs: if the sync then fails or the hub crashes, the publisher has no PUBACK
+    /// and sends it again, which at-least-once allows.
     pub(crate) async fn append(
         &self,
         items: Vec<AppendReq>,
         durable: bool,
+        appended: impl FnOnce(&[Result<u64, AppendFailure>]),
     ) -> Result<AppendOutcome, Closed> {
-        self.call(|reply| Cmd::Append {
-            items,
-            durable,
-            reply,
-        })
-        .await
+        let inline = match self.shared.try_store()? {
+            Some(mut store) => {
+                let outcome = append(&mut store, items, false, self.shared.quota.load(Relaxed));
+                mark(&self.shared, false, &outcome);
+                Ok(outcome)
+            }
+            None => Err(items),
+        };
+        let items = match inline {
+            Ok(mut outcome) => {
+                appended(&outcome.results);
+                if durable && outcome.results.iter().any(Result::is_ok) {
+                    outcome.synced = self.call(|reply| Cmd::Sync { reply }).await?;
+                }
+                return Ok(outcome);
+            }
+            Err(items) => items,
+        };
+        let outcome = self
+            .call(|reply| Cmd::Append {
+                items,
+                durable,
+                reply,
+            })
+            .await?;
+        appended(&outcome.results);
+        Ok(outcome)
     }
 
     /// Reads up to `max` live entries of the queues whose endpoint starts with `prefix`, highest
@@ -415,6 +489,9 @@ impl StoreClient {
         max: usize,
         now_ms: u64,
     ) -> Result<Result<ReadResult, String>, Closed> {
+        if let Some(mut store) = self.shared.try_store()? {
+            return Ok(read(&mut store, &prefix, &cursors, max, now_ms));
+        }
         self.call(|reply| Cmd::Read {
             prefix,
             cursors,
@@ -430,6 +507,11 @@ impl StoreClient {
         if acks.is_empty() {
             return Ok(());
         }
+        if let Some(mut store) = self.shared.try_store()? {
+            ack(&mut store, acks);
+            self.shared.dirty.store(true, Relaxed);
+            return Ok(());
+        }
         self.tx.send(Cmd::Ack(acks)).await.map_err(|_| Closed)
     }
 
@@ -440,7 +522,7 @@ impl StoreClient {
 
     /// Sets the hub-level byte quota (`storeLimits.maxSizeBytes`), `None` for none.
     pub(crate) fn set_quota(&self, quota: Option<u64>) {
-        self.quota.store(quota.unwrap_or(u64::MAX), Relaxed);
+        self.shared.quota.store(quota.unwrap_or(u64::MAX), Relaxed);
     }
 
     /// Asks the thread for a final sync and to stop.
@@ -448,11 +530,14 @@ impl StoreClient {
         let _ = self.tx.send(Cmd::Shutdown).await;
     }
 
-    /// The latest snapshot.
+    /// The queues now. Waits for the store if the thread is syncing (at most one fsync).
     pub(crate) fn snapshot(&self) -> Snapshot {
-        self.snapshot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        snapshot_of(
+            &self
+                .shared
+                .store
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 }
