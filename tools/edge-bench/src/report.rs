@@ -81,8 +81,10 @@ samples whose result the DCS stored (`Advisory.LastUpdate` writes in dcs-sim's w
 time from spawning edged to the last such write; `e2e_scored_per_s` = samples published / \
 time to the last score counted in `/metrics` (polled every 20 ms). Start-up: time from spawning \
 edged to the first routed message, and to every module reported running *and* connected to the \
-hub (`/metrics`, polled every 5 ms). RSS (`VmRSS`) of edged and of each module right after the \
-replay; binary sizes of the stripped release build.
+hub (`/metrics`, polled every 5 ms). `e2e_cpu_s_*`: CPU time (user + system, `/proc/PID/stat`) \
+of edged and of each module from spawn to the last score, read at each poll (the writer goes on \
+after it). RSS (`VmRSS`) of edged and of each module right after the replay; binary sizes of \
+the stripped release build.
 - **End-to-end latency**: a second run replays the first TEP runs paced at 500 samples/s. \
 `e2e_p50/p99_latency_ms` are ingest to DCS: the DCS's server time of each `Advisory.LastUpdate` \
 write minus the value written, which is the sample's `ingestedAt` stamped by historian-ingest \
