@@ -143,3 +143,62 @@ async fn sdk_module_under_a_real_edged() -> Result<()> {
     assert_eq!(&m.body[..], b"after restart");
     Ok(())
 }
+
+/// A module whose stderr nobody reads any more (edged was killed: its end of the log pipe is
+/// closed) still stops on SIGTERM. Every log write fails there; tracing used to report that
+/// with `eprintln!`, which panicked in the task that handles SIGTERM, and the module ran on
+/// as an orphan.
+#[tokio::test]
+async fn a_module_with_a_dead_log_pipe_still_stops_on_sigterm() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A hub address nobody listens on: the module keeps trying to connect (and logging).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = tokio::process::Command::new(target_dir().join("examples/echo"))
+        .env_clear()
+        .env("IOTEDGE_DEVICEID", "dev")
+        .env("IOTEDGE_MODULEID", "echo")
+        .env("IOTEDGE_IOTHUBHOSTNAME", "localhost")
+        .env(
+            "EDGE_MODULE_KEY",
+            "cpLe34n7bjVYQ0+VVUYi0t5eYZPVVazK9yJwHYx/U64=",
+        )
+        .env("EDGE_HUB_ADDR", format!("127.0.0.1:{port}"))
+        .env("EDGE_MODULE_DATA_DIR", dir.path())
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().expect("running");
+    // Close our ends of its log pipes, as a dead edged would.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    // Wait until its SIGTERM handler is installed (before that, SIGTERM would just kill it
+    // and prove nothing).
+    wait_until(
+        "echo to install its SIGTERM handler",
+        Duration::from_secs(20),
+        || async {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            let mask = u64::from_str_radix(caught.trim(), 16).ok()?;
+            (mask & (1 << (15 - 1)) != 0).then_some(())
+        },
+    )
+    .await?;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("echo with a dead log pipe did not stop within 30 s of SIGTERM")
+        })??;
+    // It stops by itself, not by the signal's default action (the handler is installed).
+    assert!(status.code().is_some(), "{status:?}");
+    Ok(())
+}

@@ -309,11 +309,13 @@ async fn wait_for_signal(stop: CancellationToken) {
         warn!("Cannot install signal handlers.");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received; stopping."),
-        _ = int.recv() => info!("SIGINT received; stopping."),
-    }
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    // Stop first: nothing that logging might do can keep the module from stopping.
     stop.cancel();
+    info!("{name} received; stopping.");
     // A stop that cannot finish (module code awaiting a hub that is gone, e.g. after edged was
     // killed and the parent-death signal arrived) must not leave an orphan behind: after
     // HARD_STOP, or at a second signal, the process exits. A normal stop ends this task first.

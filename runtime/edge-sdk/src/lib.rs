@@ -124,5 +124,10 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .without_time()
+        // When edged is gone, stderr is a pipe nobody reads and every write fails. Reporting
+        // that failure is itself a write to stderr (`eprintln!`), which panics there: the
+        // task that logged dies, and the one that stops the module on SIGTERM was one of them,
+        // which left orphans running after a kill -9 of edged.
+        .log_internal_errors(false)
         .try_init();
 }
