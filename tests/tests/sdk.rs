@@ -155,15 +155,13 @@ async fn a_module_with_a_dead_log_pipe_still_stops_on_sigterm() -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    let key = edge_core::sas::ModuleKey::generate()?;
     let mut child = tokio::process::Command::new(target_dir().join("examples/echo"))
         .env_clear()
         .env("IOTEDGE_DEVICEID", "dev")
         .env("IOTEDGE_MODULEID", "echo")
         .env("IOTEDGE_IOTHUBHOSTNAME", "localhost")
-        .env(
-            "EDGE_MODULE_KEY",
-            "cpLe34n7bjVYQ0+VVUYi0t5eYZPVVazK9yJwHYx/U64=",
-        )
+        .env("EDGE_MODULE_KEY", key.expose_base64())
         .env("EDGE_HUB_ADDR", format!("127.0.0.1:{port}"))
         .env("EDGE_MODULE_DATA_DIR", dir.path())
         .env("RUST_LOG", "debug")

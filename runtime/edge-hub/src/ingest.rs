@@ -236,8 +236,7 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
         if let Some(o) = &outcome {
             for i in plan.appends.clone() {
                 match &o.results[i] {
-                    Ok(_) if o.synced.is_ok() => {}
-                    Ok(_) => ok = false,
+                    Ok(_) => ok &= o.synced.is_ok(),
                     Err(AppendFailure::Full) => {
                         ok = false;
                         hub.metrics.refused(Refused::StoreFull);

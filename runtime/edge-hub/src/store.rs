@@ -16,15 +16,15 @@
 //!   and falls back to a command. Only [`StoreClient::snapshot`] waits (stats and metrics).
 //! - A reply to a durable append batch is sent only after the batch was synced (or the sync
 //!   failed, which the reply says).
-//! - Appends and acks made without a sync set `dirty` under the mutex; the next sync (a
-//!   durable batch, the sweep, or shutdown) makes them durable and clears it.
+//! - Appends and acks made without a sync become durable with the next sync (a durable batch,
+//!   the once-a-second sweep, or shutdown); a sync with nothing pending does no I/O.
 //! - The thread exits after [`StoreClient::shutdown`] (final sync) or when every client is gone.
 
 use bytes::Bytes;
 use edge_store::{Entry, QueueKey, RecoveryReport, Store, StoreConfig, StoreError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -169,15 +169,12 @@ struct Shared {
     store: Mutex<Store>,
     /// Hub-level byte quota; `u64::MAX` means none.
     quota: AtomicU64,
-    /// Something was appended or acked since the last sync (changed under `store`'s lock).
-    dirty: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("quota", &self.quota)
-            .field("dirty", &self.dirty)
             .finish_non_exhaustive()
     }
 }
@@ -191,6 +188,17 @@ impl Shared {
             // A panic while the store was held may have left it half-updated: stop using it.
             Err(TryLockError::Poisoned(_)) => Err(Closed),
         }
+    }
+
+    /// Appends `items` without a sync, unless the thread holds the store: then they come back.
+    fn try_append(
+        &self,
+        items: Vec<AppendReq>,
+    ) -> Result<Result<AppendOutcome, Vec<AppendReq>>, Closed> {
+        Ok(match self.try_store()? {
+            Some(mut store) => Ok(append(&mut store, items, false, self.quota.load(Relaxed))),
+            None => Err(items),
+        })
     }
 }
 
@@ -227,7 +235,6 @@ pub(crate) async fn open(
             let shared = Arc::new(Shared {
                 store: Mutex::new(store),
                 quota: AtomicU64::new(u64::MAX),
-                dirty: AtomicBool::new(false),
             });
             let _ = ready_tx.send(Ok((Arc::clone(&shared), report)));
             run(&shared, rx);
@@ -267,7 +274,6 @@ fn run(shared: &Shared, mut rx: mpsc::Receiver<Cmd>) {
                 reply,
             } => {
                 let outcome = append(&mut store, items, durable, shared.quota.load(Relaxed));
-                mark(shared, durable, &outcome);
                 drop(store);
                 let _ = reply.send(outcome);
             }
@@ -282,15 +288,9 @@ fn run(shared: &Shared, mut rx: mpsc::Receiver<Cmd>) {
                 drop(store);
                 let _ = reply.send(result);
             }
-            Cmd::Ack(acks) => {
-                ack(&mut store, acks);
-                shared.dirty.store(true, Relaxed);
-            }
+            Cmd::Ack(acks) => ack(&mut store, acks),
             Cmd::Sync { reply } => {
                 let synced = store.sync().map_err(|e| chain(&e));
-                if synced.is_ok() {
-                    shared.dirty.store(false, Relaxed);
-                }
                 drop(store);
                 let _ = reply.send(synced);
             }
@@ -300,15 +300,13 @@ fn run(shared: &Shared, mut rx: mpsc::Receiver<Cmd>) {
                     .into_iter()
                     .map(|(k, n)| (QKey::from_store(&k), n))
                     .collect();
-                if shared.dirty.swap(false, Relaxed) {
-                    sync(&mut store);
-                }
+                // Makes the appends and acks since the last sync durable; nothing pending, no I/O.
+                sync(&mut store);
                 drop(store);
                 let _ = reply.send(expired);
             }
             Cmd::Shutdown => {
                 sync(&mut store);
-                shared.dirty.store(false, Relaxed);
                 tracing::debug!("Store thread stopped.");
                 return;
             }
@@ -316,16 +314,6 @@ fn run(shared: &Shared, mut rx: mpsc::Receiver<Cmd>) {
     }
     if let Ok(mut store) = shared.store.lock() {
         sync(&mut store);
-    }
-}
-
-/// Records what an append batch left to sync (called under the store's lock).
-fn mark(shared: &Shared, durable: bool, outcome: &AppendOutcome) {
-    if durable && outcome.synced.is_ok() && outcome.results.iter().any(Result::is_ok) {
-        // The sync covered everything appended or acked before it.
-        shared.dirty.store(false, Relaxed);
-    } else if outcome.results.iter().any(Result::is_ok) || outcome.synced.is_err() {
-        shared.dirty.store(true, Relaxed);
     }
 }
 
@@ -451,15 +439,7 @@ impl StoreClient {
         durable: bool,
         appended: impl FnOnce(&[Result<u64, AppendFailure>]),
     ) -> Result<AppendOutcome, Closed> {
-        let inline = match self.shared.try_store()? {
-            Some(mut store) => {
-                let outcome = append(&mut store, items, false, self.shared.quota.load(Relaxed));
-                mark(&self.shared, false, &outcome);
-                Ok(outcome)
-            }
-            None => Err(items),
-        };
-        let items = match inline {
+        let items = match self.shared.try_append(items)? {
             Ok(mut outcome) => {
                 appended(&outcome.results);
                 if durable && outcome.results.iter().any(Result::is_ok) {
@@ -509,7 +489,6 @@ impl StoreClient {
         }
         if let Some(mut store) = self.shared.try_store()? {
             ack(&mut store, acks);
-            self.shared.dirty.store(true, Relaxed);
             return Ok(());
         }
         self.tx.send(Cmd::Ack(acks)).await.map_err(|_| Closed)

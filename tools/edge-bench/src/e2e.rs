@@ -120,17 +120,11 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
-/// CPU seconds used so far by edged and by each module it runs.
-fn cpu_now(edged: &Edged) -> BTreeMap<String, f64> {
-    let mut out: BTreeMap<String, f64> = edged
-        .module_pids()
-        .into_iter()
-        .filter_map(|(m, pid)| Some((m, procs::cpu_s(pid)?)))
-        .collect();
-    if let Some(s) = procs::cpu_s(edged.endpoints.pid) {
-        out.insert("edged".to_owned(), s);
-    }
-    out
+/// CPU seconds used so far by each of `pids` (name → pid).
+fn cpu_now(pids: &BTreeMap<String, u32>) -> BTreeMap<String, f64> {
+    pids.iter()
+        .filter_map(|(name, pid)| Some((name.clone(), procs::cpu_s(*pid)?)))
+        .collect()
 }
 
 /// Full replay, as fast as it goes; start-up times and footprint on the way.
@@ -154,6 +148,7 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
     let mut last_score = t0;
     let mut last_sample = t0;
     let (mut writes, mut last_write) = (0, t0);
+    let mut pids = BTreeMap::new();
     let mut cpu_at_score = BTreeMap::new();
     while Instant::now() < deadline {
         let m = match edged.metrics() {
@@ -169,6 +164,9 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
         }
         if all_running.is_none() && names.iter().all(|n| m.module_up(n)) {
             all_running = Some(now - t0);
+            // Once, not at every poll: finding them scans /proc.
+            pids = edged.module_pids();
+            pids.insert("edged".to_owned(), edged.endpoints.pid);
         }
         let s = m.get("edgehub_messages_received_total", "module", HISTORIAN);
         let c = m.get("edgehub_messages_received_total", "module", SCORER);
@@ -181,7 +179,7 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
             last_score = now;
             // CPU used up to the last score: what the three modules and the hub cost
             // (the writer and the DCS go on after it).
-            cpu_at_score = cpu_now(&edged);
+            cpu_at_score = cpu_now(&pids);
         }
         if let Some(d) = &dcs {
             let w = d.server.write_count();
