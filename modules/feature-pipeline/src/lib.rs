@@ -67,7 +67,7 @@ pub use config::{
     ScalingConfig,
 };
 pub use module::{FeaturePipelineModule, INPUT, OUTPUT, to_message};
-pub use pipeline::{FeaturePipeline, FeatureVector, Pipeline, SampleIn};
+pub use pipeline::{FeaturePipeline, FeatureVector, Pipeline, SampleIn, TagValues};
 
 #[cfg(test)]
 mod tests;

@@ -2,16 +2,19 @@
 
 use crate::config::{ConfigError, PipelineConfig, RangeAction};
 use ndarray::{Array1, Array2};
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
 /// One sample from `historian-ingest` (`{"runId", "sample", "ts", "values": {tag: value|null}}`).
+/// Tag names are borrowed from the message body where they need no unescaping.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SampleIn {
+pub struct SampleIn<'a> {
     /// The run the sample belongs to.
     pub run_id: String,
     /// 1-based index within the run.
@@ -23,16 +26,146 @@ pub struct SampleIn {
     #[serde(default, rename = "ingestedAt")]
     pub ingested_at: Value,
     /// Tag → value; `null`, non-numbers and non-finite values are dropped (= missing).
-    #[serde(deserialize_with = "lenient_values")]
-    pub values: HashMap<String, f64>,
+    #[serde(borrow)]
+    pub values: TagValues<'a>,
 }
 
-fn lenient_values<'de, D: Deserializer<'de>>(d: D) -> Result<HashMap<String, f64>, D::Error> {
-    let raw: HashMap<String, Value> = HashMap::deserialize(d)?;
-    Ok(raw
-        .into_iter()
-        .filter_map(|(k, v)| v.as_f64().filter(|x| x.is_finite()).map(|x| (k, x)))
-        .collect())
+/// The `values` of a sample in the order they were written: tag → finite number. A tag that
+/// is `null`, not a number or not finite is absent. When a tag appears twice, the last wins
+/// (as in a map).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TagValues<'a>(Vec<(Cow<'a, str>, f64)>);
+
+impl TagValues<'_> {
+    /// How many entries (duplicates included).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value of `tag` (the last one written).
+    #[must_use]
+    pub fn get(&self, tag: &str) -> Option<f64> {
+        self.0.iter().rev().find(|(k, _)| k == tag).map(|&(_, v)| v)
+    }
+
+    /// The entries in the order they were written.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), *v))
+    }
+}
+
+impl<K: Into<String>> FromIterator<(K, f64)> for TagValues<'_> {
+    fn from_iter<I: IntoIterator<Item = (K, f64)>>(iter: I) -> Self {
+        Self(
+            iter.into_iter()
+                .map(|(k, v)| (Cow::Owned(k.into()), v))
+                .collect(),
+        )
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for TagValues<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = TagValues<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of tag → number")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(64));
+                while let Some(Key(k)) = m.next_key()? {
+                    if let Lenient(Some(v)) = m.next_value()? {
+                        out.push((k, v));
+                    }
+                }
+                Ok(TagValues(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A map key, borrowed when it needs no unescaping.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a tag name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// Any JSON value: `Some` for a finite number, `None` for anything else (skipped whole).
+struct Lenient(Option<f64>);
+
+impl<'de> Deserialize<'de> for Lenient {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Lenient;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Lenient, E> {
+                Ok(Lenient(Some(v).filter(|x| x.is_finite())))
+            }
+            #[allow(clippy::cast_precision_loss)]
+            fn visit_i64<E>(self, v: i64) -> Result<Lenient, E> {
+                Ok(Lenient(Some(v as f64)))
+            }
+            #[allow(clippy::cast_precision_loss)]
+            fn visit_u64<E>(self, v: u64) -> Result<Lenient, E> {
+                Ok(Lenient(Some(v as f64)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_none<E>(self) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Lenient, D::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Lenient, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Lenient, M::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// What the model gets: `{"runId", "sample", "ts", "x": [...], "valid", "reasons"}`.
@@ -107,6 +240,10 @@ pub struct Pipeline {
     filled: usize,
     run: Option<String>,
     current: Array1<f64>,
+    /// Tag → its position in `config.tags`.
+    index: HashMap<String, usize>,
+    /// The values of the sample being processed, in the order of `config.tags`.
+    incoming: Vec<Option<f64>>,
 }
 
 impl Pipeline {
@@ -158,6 +295,13 @@ impl Pipeline {
             filled: 0,
             run: None,
             current: Array1::zeros(n),
+            index: config
+                .tags
+                .iter()
+                .enumerate()
+                .map(|(j, t)| (t.clone(), j))
+                .collect(),
+            incoming: vec![None; n],
             config,
         })
     }
@@ -184,8 +328,25 @@ impl Pipeline {
         self.filled = 0;
     }
 
+    /// Puts the sample's values in the order of the configured tags. A producer that writes
+    /// the tags in that order (historian-ingest with the same tag list) costs one string
+    /// comparison per tag; others a hash lookup per value.
+    fn take_values(&mut self, values: &TagValues<'_>) {
+        self.incoming.fill(None);
+        for (i, (k, v)) in values.iter().enumerate() {
+            let j = if self.config.tags.get(i).is_some_and(|t| t == k) {
+                Some(i)
+            } else {
+                self.index.get(k).copied()
+            };
+            if let Some(slot) = j.and_then(|j| self.incoming.get_mut(j)) {
+                *slot = Some(v);
+            }
+        }
+    }
+
     /// Processes one sample.
-    pub fn push(&mut self, s: &SampleIn) -> FeatureVector {
+    pub fn push(&mut self, s: &SampleIn<'_>) -> FeatureVector {
         if self.run.as_deref() != Some(s.run_id.as_str()) {
             self.reset();
             self.run = Some(s.run_id.clone());
@@ -194,11 +355,12 @@ impl Pipeline {
         let clamp = self.config.range_action == RangeAction::Clamp;
         let mut reasons = Vec::new();
         let mut warming = false;
+        self.take_values(&s.values);
         let n = self.config.tags.len();
         for j in 0..n {
             let tag = self.config.tags.get(j).map_or("", String::as_str);
-            let mut value = match s.values.get(tag) {
-                Some(&v) => {
+            let mut value = match self.incoming[j] {
+                Some(v) => {
                     self.missing_for[j] = 0;
                     v
                 }
@@ -318,7 +480,7 @@ impl FeaturePipeline {
     }
 
     /// Processes one sample, switching to a pending configuration first.
-    pub fn push(&mut self, s: &SampleIn) -> FeatureVector {
+    pub fn push(&mut self, s: &SampleIn<'_>) -> FeatureVector {
         if let Some(p) = self.pending.take() {
             self.active = p;
         }

@@ -11,7 +11,7 @@ fn pipe(v: serde_json::Value) -> Pipeline {
     Pipeline::build(cfg(v), Path::new(".")).unwrap()
 }
 
-fn sample(i: u64, values: &[(&str, f64)]) -> SampleIn {
+fn sample(i: u64, values: &[(&str, f64)]) -> SampleIn<'static> {
     SampleIn {
         ingested_at: serde_json::Value::Null,
         run_id: "r1".into(),
@@ -42,18 +42,51 @@ fn tags_in_configured_order_and_identity_carried() {
 
 #[test]
 fn historian_body_parses_with_nulls_as_missing() {
-    let s: SampleIn = serde_json::from_value(json!({
+    let body = json!({
         "runId": "d01_te", "sample": 3, "ts": "2024-01-01T00:09:00.000Z", "quality": "bad",
         "values": {"XMEAS(1)": 0.25, "XMEAS(2)": null, "XMEAS(3)": "oops"}
-    }))
-    .unwrap();
+    })
+    .to_string();
+    let s: SampleIn<'_> = serde_json::from_str(&body).unwrap();
     assert_eq!(s.values.len(), 1);
-    assert_eq!(s.values["XMEAS(1)"], 0.25);
+    assert_eq!(s.values.get("XMEAS(1)"), Some(0.25));
     let mut p = pipe(json!({"tags": ["XMEAS(1)", "XMEAS(2)"]}));
     let v = p.push(&s);
     assert!(!v.valid);
     assert_eq!(v.reasons, ["XMEAS(2): missing for 1 samples (hold 0)"]);
     assert_eq!(v.x, [0.25, 0.0]);
+}
+
+#[test]
+fn values_in_any_order_escaped_duplicated_or_not_numbers() {
+    // Out of the configured order, an escaped key (owned, not borrowed), a duplicate (the
+    // last wins, as in a map), an integer, and values of every other JSON type (missing).
+    let body = br#"{"runId": "r", "sample": 1, "values": {
+        "c": 3, "a\u0062": 2.5, "a": 1.0, "a": 1.5, "d": [1, {"x": 2}], "e": {"y": [3]},
+        "f": true, "h": "7"}}"#;
+    let s: SampleIn<'_> = serde_json::from_slice(body).unwrap();
+    assert_eq!(s.values.get("ab"), Some(2.5));
+    assert_eq!(s.values.get("a"), Some(1.5));
+    assert_eq!(s.values.get("c"), Some(3.0));
+    for missing in ["d", "e", "f", "h"] {
+        assert_eq!(s.values.get(missing), None, "{missing}");
+    }
+    let mut p = pipe(json!({"tags": ["a", "ab", "c", "h"], "holdSamples": 0}));
+    let v = p.push(&s);
+    assert_eq!(v.x, [1.5, 2.5, 3.0, 0.0]);
+    assert_eq!(v.reasons, ["h: missing for 1 samples (hold 0)"]);
+    // The same tags in the configured order give the same vector.
+    let mut q = pipe(json!({"tags": ["a", "ab", "c", "h"], "holdSamples": 0}));
+    let w = q.push(&sample(1, &[("a", 1.5), ("ab", 2.5), ("c", 3.0)]));
+    assert_eq!(w.x, v.x);
+}
+
+#[test]
+fn a_values_field_that_is_not_an_object_is_bad_input() {
+    let e =
+        serde_json::from_slice::<SampleIn<'_>>(br#"{"runId": "r", "sample": 1, "values": [1]}"#)
+            .unwrap_err();
+    assert!(e.to_string().contains("tag"), "{e}");
 }
 
 #[test]

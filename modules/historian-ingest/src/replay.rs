@@ -4,7 +4,8 @@
 
 use crate::config::{BadRowPolicy, IngestConfig, SourceConfig};
 use crate::reader::{BadRow, BadRowReason, FileReader, Row};
-use serde_json::{Map, Value, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,31 +68,79 @@ impl Sample {
     /// freshness checks (the DCS writer's) and latency measurements use real time.
     #[must_use]
     pub fn body(&self) -> Value {
-        let values: Map<String, Value> = self
-            .tags
-            .iter()
-            .zip(&self.values)
-            .map(|(t, v)| (t.clone(), v.map_or(Value::Null, Value::from)))
-            .collect();
-        json!({
-            "runId": &*self.run_id,
-            "sample": self.index,
-            "ts": humantime::format_rfc3339_millis(self.ts).to_string(),
-            "ingestedAt": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            "quality": self.quality().as_str(),
-            "values": values,
-        })
+        serde_json::to_value(self.body_at(SystemTime::now())).unwrap_or(Value::Null)
+    }
+
+    /// The body of [`Sample::body`] with `ingestedAt` = `now`, serialized in place: tags and
+    /// values are written straight from the sample, without a JSON tree of 52 entries (that
+    /// tree was most of this module's time per sample).
+    fn body_at(&self, now: SystemTime) -> Body<'_> {
+        Body {
+            sample: self,
+            ts: humantime::format_rfc3339_millis(self.ts),
+            ingested_at: humantime::format_rfc3339_millis(now),
+        }
     }
 
     /// The message: JSON body, properties `runId`, `sample`, `quality`, content type JSON/UTF-8.
     #[must_use]
     pub fn to_message(&self) -> edge_sdk::Message {
-        edge_sdk::Message::new(self.body().to_string())
+        // ~24 bytes per tag and ~130 for the rest.
+        let mut bytes = Vec::with_capacity(160 + 24 * self.values.len());
+        // Writing into a Vec cannot fail, and every key is a string.
+        if serde_json::to_writer(&mut bytes, &self.body_at(SystemTime::now())).is_err() {
+            bytes.clear();
+        }
+        edge_sdk::Message::new(bytes)
             .with_property("runId", &*self.run_id)
             .with_property("sample", self.index.to_string())
             .with_property("quality", self.quality().as_str())
             .with_system(edge_sdk::SysProp::ContentType, "application/json")
             .with_system(edge_sdk::SysProp::ContentEncoding, "utf-8")
+    }
+}
+
+/// A sample's body, serialized in place (see [`Sample::body`]).
+struct Body<'a> {
+    sample: &'a Sample,
+    ts: humantime::Rfc3339Timestamp,
+    ingested_at: humantime::Rfc3339Timestamp,
+}
+
+impl Serialize for Body<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let s = self.sample;
+        let mut map = serializer.serialize_map(Some(6))?;
+        map.serialize_entry("runId", &*s.run_id)?;
+        map.serialize_entry("sample", &s.index)?;
+        map.serialize_entry("ts", &Display(&self.ts))?;
+        map.serialize_entry("ingestedAt", &Display(&self.ingested_at))?;
+        map.serialize_entry("quality", s.quality().as_str())?;
+        map.serialize_entry("values", &Values(s))?;
+        map.end()
+    }
+}
+
+/// A `Display` value serialized as a JSON string without an intermediate `String`.
+struct Display<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> Serialize for Display<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
+    }
+}
+
+/// `values` of a body: tag → value, `null` for a missing or non-finite value.
+struct Values<'a>(&'a Sample);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let s = self.0;
+        let mut map = serializer.serialize_map(Some(s.values.len()))?;
+        for (t, v) in s.tags.iter().zip(&s.values) {
+            map.serialize_entry(t, &v.filter(|x| x.is_finite()))?;
+        }
+        map.end()
     }
 }
 
