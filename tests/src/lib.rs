@@ -64,6 +64,7 @@ pub fn connect_as(data_dir: &Path, hub_addr: &str, module: &str) -> Result<Modul
         module_id: ModuleId::new(module)?,
         iothub_hostname: "edge.local".into(),
         hub_addr: hub_addr.to_owned(),
+        hub_socket: None,
         key,
         data_dir: None,
     };

@@ -87,6 +87,9 @@ pub struct AgentSetup {
     pub gateway_hostname: String,
     /// `EDGE_HUB_ADDR`: `host:port` of the hub's plain MQTT listener.
     pub hub_addr: String,
+    /// `EDGE_HUB_SOCKET`: the hub's Unix-socket listener, which the module SDK prefers when
+    /// set. `None`: modules get no such variable and connect over TCP.
+    pub hub_socket: Option<PathBuf>,
     /// `IOTEDGE_WORKLOADURI`: the workload API Azure's SDKs sign tokens with
     /// (`unix:///path/workload.sock` or `http://host:port`).
     pub workload_uri: String,

@@ -80,6 +80,7 @@ fn setup(dir: &Path) -> AgentSetup {
         iothub_hostname: "hub.example".into(),
         gateway_hostname: "127.0.0.1".into(),
         hub_addr: "127.0.0.1:18830".into(),
+        hub_socket: None,
         workload_uri: "unix:///run/test/workload.sock".into(),
         manifest_dir: dir.to_owned(),
         module_path: vec![],

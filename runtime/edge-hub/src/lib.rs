@@ -39,7 +39,8 @@
 //! - `ingest`: routing and group commit; `store`: the store thread; `delivery`: to modules.
 //! - `twin`: twins (JSON merge patches from `edge_core::json`); `methods`: pending direct methods.
 //! - `tls`: the TLS listener for unmodified Azure SDK modules ([`Hub::listen_tls`]); it leads
-//!   to the same sessions as the plain listener.
+//!   to the same sessions as the plain listener. `unix`: the Unix-socket listener for the
+//!   modules edged starts ([`Hub::listen_unix`]), to the same sessions too.
 //! - `metrics`, [`stats`], [`upstream`].
 //!
 //! # Deployments
@@ -68,6 +69,7 @@ mod session;
 mod store;
 mod tls;
 mod twin;
+mod unix;
 
 pub use config::HubConfig;
 pub use methods::MethodError;
@@ -137,6 +139,15 @@ pub enum HubError {
         /// The address.
         addr: SocketAddr,
         /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Unix-socket listener did not bind.
+    #[error("cannot listen on the Unix socket {}", path.display())]
+    BindUnix {
+        /// The socket's path.
+        path: PathBuf,
+        /// The OS error, or why the path was refused.
         #[source]
         source: std::io::Error,
     },

@@ -28,6 +28,7 @@ async fn sdk_run(port: u16, key: &ModuleKey, n: usize) -> Res<Duration> {
         module_id: ModuleId::new("sdk")?,
         iothub_hostname: HOST.into(),
         hub_addr: format!("127.0.0.1:{port}"),
+        hub_socket: None,
         key: key.clone(),
         data_dir: None,
     };

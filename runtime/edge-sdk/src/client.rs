@@ -173,7 +173,9 @@ fn credentials(env: &ModuleEnv, ttl: Duration) -> (String, String) {
 
 impl ModuleClient {
     /// Creates the client and starts its background task on the current runtime. It connects
-    /// (and keeps reconnecting) in the background; use [`ModuleClient::wait_connected`].
+    /// (and keeps reconnecting) in the background; use [`ModuleClient::wait_connected`]. It
+    /// connects to the hub's Unix socket when the environment names one
+    /// ([`ModuleEnv::hub_socket`]), else to `hub_addr` over TCP.
     ///
     /// # Errors
     /// When the hub address is not `host:port`.
@@ -189,7 +191,15 @@ impl ModuleClient {
                 )
             })?;
         let client_id = format!("{}/{}", env.device_id, env.module_id);
-        let mut mo = MqttOptions::new(client_id, host, port);
+        let mut mo = match &env.hub_socket {
+            // rumqttc takes the socket's path in place of the host name.
+            Some(path) => {
+                let mut mo = MqttOptions::new(client_id, path.to_string_lossy(), 0);
+                mo.set_transport(rumqttc::Transport::Unix);
+                mo
+            }
+            None => MqttOptions::new(client_id, host, port),
+        };
         let (user, pass) = credentials(&env, opts.token_ttl);
         mo.set_credentials(user, pass)
             .set_keep_alive(opts.heartbeat)

@@ -15,6 +15,9 @@ pub struct ModuleEnv {
     pub iothub_hostname: String,
     /// `EDGE_HUB_ADDR`: `host:port` of the hub's local MQTT listener.
     pub hub_addr: String,
+    /// `EDGE_HUB_SOCKET`: the hub's Unix-socket MQTT listener, when it has one. The client
+    /// connects there instead of `hub_addr` (cheaper per packet on the same machine).
+    pub hub_socket: Option<PathBuf>,
     /// `EDGE_MODULE_KEY`: the module's key (never logged).
     pub key: ModuleKey,
     /// `EDGE_MODULE_DATA_DIR`: a directory the module may keep state in, when set.
@@ -68,6 +71,9 @@ impl ModuleEnv {
             module_id,
             iothub_hostname: req("IOTEDGE_IOTHUBHOSTNAME")?,
             hub_addr: req("EDGE_HUB_ADDR")?,
+            hub_socket: get("EDGE_HUB_SOCKET")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
             key,
             data_dir: get("EDGE_MODULE_DATA_DIR").map(PathBuf::from),
         })
@@ -89,6 +95,9 @@ impl ModuleEnv {
                 self.key.expose_base64().to_owned(),
             ),
         ];
+        if let Some(s) = &self.hub_socket {
+            v.push(("EDGE_HUB_SOCKET".into(), s.display().to_string()));
+        }
         if let Some(d) = &self.data_dir {
             v.push(("EDGE_MODULE_DATA_DIR".into(), d.display().to_string()));
         }
@@ -115,6 +124,7 @@ mod tests {
             module_id: ModuleId::new("m").unwrap(),
             iothub_hostname: "hub".into(),
             hub_addr: "127.0.0.1:1".into(),
+            hub_socket: Some("/run/edged/hub.sock".into()),
             key: ModuleKey::generate().unwrap(),
             data_dir: None,
         };
@@ -122,5 +132,6 @@ mod tests {
         let back = ModuleEnv::from_lookup(|k| vars.get(k).cloned()).unwrap();
         assert_eq!(back.module_id, env.module_id);
         assert_eq!(back.key, env.key);
+        assert_eq!(back.hub_socket, env.hub_socket);
     }
 }

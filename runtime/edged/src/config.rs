@@ -54,6 +54,12 @@ pub struct HubSection {
     pub tls_listen: SocketAddr,
     /// Serve the TLS listener at all.
     pub tls_enabled: bool,
+    /// The Unix-socket listener for the modules edged starts (they get it as
+    /// `EDGE_HUB_SOCKET` and prefer it to `listen`). Empty means `{data_dir}/hub.sock`. If it
+    /// cannot be bound, edged logs an error and modules use `listen`.
+    pub unix_socket: String,
+    /// Serve the Unix-socket listener at all.
+    pub unix_enabled: bool,
     /// Unacknowledged messages in flight per connection.
     pub max_inflight: usize,
     /// Largest message body accepted.
@@ -102,6 +108,8 @@ impl Default for EdgedConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
                 tls_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
                 tls_enabled: true,
+                unix_socket: String::new(),
+                unix_enabled: true,
                 max_inflight: 64,
                 max_message_bytes: 262_144,
                 method_timeout: Duration::from_secs(30),

@@ -314,6 +314,25 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
     } else {
         None
     };
+    let hub_socket = if cfg.hub.unix_enabled {
+        let path = if cfg.hub.unix_socket.is_empty() {
+            cfg.data_dir.join("hub.sock")
+        } else {
+            PathBuf::from(&cfg.hub.unix_socket)
+        };
+        // Modules run in their own working directories.
+        let path = std::path::absolute(&path).unwrap_or(path);
+        match hub.listen_unix(&path).await {
+            Ok(()) => Some(path),
+            Err(e) => {
+                // Modules are told nothing and use the TCP listener, at a higher cost per packet.
+                error!(error = %anyhow::Error::from(e), "Unix-socket listener not started; modules connect over TCP.");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let workload = crate::workload::bind(&cfg.workload.uri, &cfg.data_dir)
         .await
         .context("cannot open the workload API")?;
@@ -387,6 +406,7 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
         iothub_hostname: cfg.iothub_hostname.clone(),
         gateway_hostname: cfg.gateway_hostname.clone(),
         hub_addr: hub_addr.to_string(),
+        hub_socket: hub_socket.clone(),
         workload_uri: workload_uri.clone(),
         manifest_dir,
         module_path,
@@ -453,6 +473,7 @@ async fn run(cfg: EdgedConfig) -> Result<()> {
     let endpoints = serde_json::json!({
         "hub": hub_addr.to_string(),
         "hub_tls": hub_tls.map(|a| a.to_string()),
+        "hub_socket": hub_socket,
         "workload": workload_uri,
         "metrics": metrics_bound.map(|a| a.to_string()),
         "pid": std::process::id(),

@@ -22,7 +22,7 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const API_VERSION: &str = "2022-08-03";
 
 /// Environment variables the agent sets; a manifest cannot override them.
-const RESERVED_ENV: [&str; 11] = [
+const RESERVED_ENV: [&str; 12] = [
     "IOTEDGE_WORKLOADURI",
     "IOTEDGE_DEVICEID",
     "IOTEDGE_MODULEID",
@@ -32,6 +32,7 @@ const RESERVED_ENV: [&str; 11] = [
     "IOTEDGE_APIVERSION",
     "IOTEDGE_AUTHSCHEME",
     "EDGE_HUB_ADDR",
+    "EDGE_HUB_SOCKET",
     "EDGE_MODULE_KEY",
     "EDGE_MODULE_DATA_DIR",
 ];
@@ -310,6 +311,9 @@ impl Agent {
                 data_dir.display().to_string(),
             ),
         ]);
+        if let Some(sock) = &s.hub_socket {
+            env.push(("EDGE_HUB_SOCKET".into(), sock.display().to_string()));
+        }
         Ok(SpawnSpec {
             program,
             args: settings.args.clone(),
