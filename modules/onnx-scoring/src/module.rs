@@ -224,7 +224,7 @@ pub fn score_message(
     identity: &Map<String, Value>,
     version: &str,
     score: &SampleScore<'_>,
-    properties: &[(String, String)],
+    properties: &[(edge_sdk::PropStr, edge_sdk::PropStr)],
 ) -> Message {
     let body = ScoreBody {
         identity,

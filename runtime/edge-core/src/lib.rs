@@ -19,4 +19,4 @@ pub mod sas;
 pub mod topic;
 
 pub use ids::{DeviceId, IdError, ModuleId};
-pub use message::{DecodeError, Message, SystemProperties};
+pub use message::{DecodeError, Message, PropStr, SystemProperties};

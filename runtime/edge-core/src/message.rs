@@ -5,11 +5,16 @@
 //! engine resolves a `$name` to a [`SysProp`] once at compile time, so reading a system
 //! property while routing is an array index, never a string comparison.
 //!
+//! Property keys and values are [`PropStr`]s, which keep strings of up to 24 bytes inline:
+//! nearly every property a message carries (`runId`, `$.ct`, a module id, a timestamp) then
+//! costs no heap allocation when a message is decoded, which the hub does at every hop.
+//!
 //! [`Message::encode`] / [`Message::decode`] are the compact binary form the durable store
 //! keeps. Layout (little endian): `u8 version=1`, `u32 body_len`, body, `u16 n_props`,
 //! n × (`u16 klen`, key, `u32 vlen`, value), `u32 sys_mask`, one (`u16 len`, value) per set bit.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+pub use compact_str::{CompactString as PropStr, ToCompactString};
 
 /// A system property of a message (Azure IoT Edge `SystemProperties`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,7 +158,7 @@ impl SysProp {
 /// The system properties of a message, indexed by [`SysProp`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SystemProperties {
-    values: [Option<Box<str>>; SysProp::COUNT],
+    values: [Option<PropStr>; SysProp::COUNT],
 }
 
 impl SystemProperties {
@@ -164,7 +169,7 @@ impl SystemProperties {
     }
 
     /// Sets (or with `None` clears) a system property.
-    pub fn set(&mut self, p: SysProp, value: Option<impl Into<Box<str>>>) {
+    pub fn set(&mut self, p: SysProp, value: Option<impl Into<PropStr>>) {
         self.values[p as usize] = value.map(Into::into);
     }
 
@@ -182,7 +187,7 @@ pub struct Message {
     /// The body, opaque bytes (JSON when `$contentType` says so).
     pub body: Bytes,
     /// Application properties in the order they were given. Keys are unique.
-    pub properties: Vec<(String, String)>,
+    pub properties: Vec<(PropStr, PropStr)>,
     /// System properties.
     pub system: SystemProperties,
 }
@@ -222,7 +227,7 @@ impl Message {
     }
 
     /// Sets an application property, replacing an existing value for the same key.
-    pub fn set_property(&mut self, key: impl Into<String>, value: impl Into<String>) {
+    pub fn set_property(&mut self, key: impl Into<PropStr>, value: impl Into<PropStr>) {
         let key = key.into();
         let value = value.into();
         if let Some(slot) = self.properties.iter_mut().find(|(k, _)| *k == key) {
@@ -234,14 +239,14 @@ impl Message {
 
     /// Builder form of [`SystemProperties::set`].
     #[must_use]
-    pub fn with_system(mut self, p: SysProp, value: impl Into<Box<str>>) -> Self {
+    pub fn with_system(mut self, p: SysProp, value: impl Into<PropStr>) -> Self {
         self.system.set(p, Some(value));
         self
     }
 
     /// Builder form of [`Message::set_property`].
     #[must_use]
-    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_property(mut self, key: impl Into<PropStr>, value: impl Into<PropStr>) -> Self {
         self.set_property(key, value);
         self
     }
@@ -353,9 +358,14 @@ fn take(b: &mut Bytes, n: usize) -> Result<Bytes, DecodeError> {
     }
     Ok(b.split_to(n))
 }
-fn take_str(b: &mut Bytes, n: usize) -> Result<String, DecodeError> {
-    let raw = take(b, n)?;
-    String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::Utf8)
+fn take_str(b: &mut Bytes, n: usize) -> Result<PropStr, DecodeError> {
+    if b.remaining() < n {
+        return Err(DecodeError::Truncated);
+    }
+    let s = std::str::from_utf8(b.get(..n).unwrap_or_default()).map_err(|_| DecodeError::Utf8)?;
+    let s = PropStr::new(s);
+    b.advance(n);
+    Ok(s)
 }
 
 #[cfg(test)]

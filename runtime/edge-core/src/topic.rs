@@ -150,6 +150,11 @@ fn decode(s: &str) -> String {
     percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
+/// [`decode`] into a property string (inline when short, no allocation).
+fn decode_prop(s: &str) -> crate::PropStr {
+    crate::PropStr::from(percent_decode_str(s).decode_utf8_lossy())
+}
+
 fn encode(s: &str) -> impl std::fmt::Display + '_ {
     utf8_percent_encode(s, QUOTE)
 }
@@ -161,8 +166,8 @@ fn encode(s: &str) -> impl std::fmt::Display + '_ {
 pub fn decode_bag_into(bag: &str, msg: &mut Message) {
     for pair in bag.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = decode(k);
-        let v = decode(v);
+        let k = decode_prop(k);
+        let v = decode_prop(v);
         match SysProp::from_bag_key(&k) {
             Some(p) => msg.system.set(p, Some(v)),
             None => msg.set_property(k, v),

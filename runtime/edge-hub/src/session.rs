@@ -24,6 +24,7 @@ use crate::registry::Conn;
 use crate::twin::TwinError;
 use bytes::{Bytes, BytesMut};
 use edge_core::message::SysProp;
+use edge_core::message::ToCompactString;
 use edge_core::topic::{self, Inbound};
 use edge_core::{Message, ModuleId};
 use rumqttc::mqttbytes::v4::{
@@ -394,7 +395,8 @@ impl Reader {
                 msg.system.set(
                     SysProp::EnqueuedTime,
                     Some(
-                        humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                        humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                            .to_compact_string(),
                     ),
                 );
                 msg.system.set(SysProp::InputName, None::<String>);

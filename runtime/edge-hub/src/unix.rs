@@ -40,8 +40,7 @@ impl Hub {
             Err(_) => {}
         }
         let listener = UnixListener::bind(path).map_err(bind_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(bind_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
         self.inner.tracker.spawn(accept_loop(
             Arc::clone(&self.inner),
             listener,

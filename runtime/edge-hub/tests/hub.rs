@@ -106,6 +106,66 @@ async fn routes_with_conditions_on_properties_and_body() {
 }
 
 #[tokio::test]
+async fn modules_connect_over_the_unix_socket_with_the_same_auth_and_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), &["a", "b"]).await;
+    h.routes(&[("ab", A_TO_B_IN1)]);
+    let sock = dir.path().join("hub.sock");
+    // A socket left by an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    h.hub.listen_unix(&sock).await.unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o660);
+
+    // A bad token is refused here as on TCP.
+    let mut opts = rumqttc::MqttOptions::new(format!("{DEVICE}/a"), sock.to_string_lossy(), 0);
+    opts.set_transport(rumqttc::Transport::Unix);
+    let mut bad = Client::open_with(
+        opts,
+        Some((
+            format!("{HOST}/{DEVICE}/a/?api-version=2021-04-12"),
+            "nope".into(),
+        )),
+        true,
+        false,
+    );
+    assert_eq!(
+        refused(bad.connack().await.unwrap_err()),
+        ConnectReturnCode::NotAuthorized
+    );
+
+    let mut b = h.connect_unix(&sock, "b", h.token("b")).await;
+    b.subscribe(&format!("devices/{DEVICE}/modules/b/inputs/#"))
+        .await;
+    let mut a = h.connect_unix(&sock, "a", h.token("a")).await;
+    a.send(&events("a", "%24.on=out&k=v"), "over unix").await;
+    let p = b.publish_in().await;
+    let (input, msg) = input_of(&p.topic, "b");
+    assert_eq!(input, "in1");
+    assert_eq!(msg.property("k"), Some("v"));
+    assert_eq!(msg.system.get(SysProp::ConnectionModuleId), Some("a"));
+    assert_eq!(&p.payload[..], b"over unix");
+    h.stop().await;
+    assert!(
+        !sock.exists(),
+        "the socket file is removed when the hub stops"
+    );
+}
+
+#[tokio::test]
+async fn a_unix_socket_path_that_holds_a_file_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), &["a"]).await;
+    let path = dir.path().join("hub.sock");
+    std::fs::write(&path, "not a socket").unwrap();
+    let e = h.hub.listen_unix(&path).await.unwrap_err();
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn connections_with_bad_credentials_are_refused_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let h = start(dir.path(), &["a", "b"]).await;

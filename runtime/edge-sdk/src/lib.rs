@@ -50,8 +50,8 @@ pub mod metrics;
 
 pub use client::{ClientOptions, Delivery, Input, ModuleClient};
 pub use context::{ModuleContext, parse_config, run_with_client};
-pub use edge_core::Message;
 pub use edge_core::message::SysProp;
+pub use edge_core::{Message, PropStr};
 pub use env::{EnvError, ModuleEnv};
 pub use error::{MethodError, ModuleError, SendError, TwinError};
 pub use metrics::{Counter, Gauge, Histogram, Metrics};

@@ -101,6 +101,23 @@ impl TestHub {
         self.connect_with(module, true, false).await
     }
 
+    /// Connects `module` over the hub's Unix socket at `path` and waits for CONNACK.
+    pub async fn connect_unix(&self, path: &Path, module: &str, token: String) -> Client {
+        let mut opts = MqttOptions::new(format!("{DEVICE}/{module}"), path.to_string_lossy(), 0);
+        opts.set_transport(rumqttc::Transport::Unix);
+        let mut c = Client::open_with(
+            opts,
+            Some((
+                format!("{HOST}/{DEVICE}/{module}/?api-version=2021-04-12"),
+                token,
+            )),
+            true,
+            false,
+        );
+        c.connack().await.unwrap();
+        c
+    }
+
     pub async fn connect_with(&self, module: &str, clean: bool, manual_acks: bool) -> Client {
         let mut c = Client::open(
             self.port(),
@@ -191,7 +208,21 @@ impl Client {
         clean: bool,
         manual_acks: bool,
     ) -> Client {
-        let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+        Self::open_with(
+            MqttOptions::new(client_id, "127.0.0.1", port),
+            login,
+            clean,
+            manual_acks,
+        )
+    }
+
+    /// [`Client::open`] with the connection given by `opts` (e.g. a Unix socket).
+    pub fn open_with(
+        mut opts: MqttOptions,
+        login: Option<(String, String)>,
+        clean: bool,
+        manual_acks: bool,
+    ) -> Client {
         opts.set_clean_session(clean);
         opts.set_manual_acks(manual_acks);
         opts.set_keep_alive(Duration::from_secs(30));
