@@ -173,42 +173,141 @@ pub enum FeatureError {
 
 /// Parses a `features` body: `{"x": [width numbers], "valid": bool?, ...}`.
 ///
+/// The body is read in one pass: `x` straight into `f32`s, every other field into the
+/// identity, without a JSON tree of the 52 values first.
+///
 /// # Errors
 /// [`FeatureError`] naming the problem.
 pub fn parse_features(body: &[u8], width: usize) -> Result<Features, FeatureError> {
-    let v: Value =
+    let raw: RawFeatures =
         serde_json::from_slice(body).map_err(|e| FeatureError::NotJson(e.to_string()))?;
-    let Value::Object(mut obj) = v else {
-        return Err(FeatureError::NotJson("not an object".into()));
-    };
-    if obj.get("valid").and_then(Value::as_bool) == Some(false) {
+    if raw.valid.as_ref().and_then(Value::as_bool) == Some(false) {
         return Err(FeatureError::Invalid);
     }
-    obj.remove("valid");
     let bad = |problem: String| FeatureError::BadX {
         expected: width,
         problem,
     };
-    let x = match obj.remove("x") {
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(bad("not an array".into())),
+    let x = match raw.x {
+        Some(XField::Values { x, first_bad }) => {
+            if x.len() != width {
+                return Err(bad(format!("{} values", x.len())));
+            }
+            if let Some(problem) = first_bad {
+                return Err(bad(problem));
+            }
+            x
+        }
+        Some(XField::NotArray) => return Err(bad("not an array".into())),
         None => return Err(bad("missing".into())),
     };
-    if x.len() != width {
-        return Err(bad(format!("{} values", x.len())));
+    Ok(Features {
+        x,
+        identity: raw.identity,
+    })
+}
+
+/// A `features` body as read: `x`, `valid` and the rest.
+struct RawFeatures {
+    x: Option<XField>,
+    valid: Option<Value>,
+    identity: Map<String, Value>,
+}
+
+/// The `x` field as read.
+enum XField {
+    /// An array: its numbers as `f32` (a bad element counts as 0 here) and the first bad one.
+    Values {
+        x: Vec<f32>,
+        first_bad: Option<String>,
+    },
+    /// Anything but an array.
+    NotArray,
+}
+
+impl<'de> Deserialize<'de> for RawFeatures {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawFeatures;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<RawFeatures, M::Error> {
+                let mut raw = RawFeatures {
+                    x: None,
+                    valid: None,
+                    identity: Map::new(),
+                };
+                while let Some(k) = m.next_key::<String>()? {
+                    match k.as_str() {
+                        "x" => raw.x = Some(m.next_value()?),
+                        "valid" => raw.valid = Some(m.next_value()?),
+                        _ => {
+                            let v = m.next_value()?;
+                            raw.identity.insert(k, v);
+                        }
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_map(V)
     }
-    let x = x
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            #[allow(clippy::cast_possible_truncation)]
-            v.as_f64()
-                .map(|f| f as f32)
-                .filter(|f| f.is_finite())
-                .ok_or_else(|| bad(format!("x[{i}] = {v}")))
-        })
-        .collect::<Result<Vec<f32>, _>>()?;
-    Ok(Features { x, identity: obj })
+}
+
+impl<'de> Deserialize<'de> for XField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = XField;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of numbers")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<XField, A::Error> {
+                let mut x = Vec::with_capacity(a.size_hint().unwrap_or(64));
+                let mut first_bad = None;
+                while let Some(v) = a.next_element::<Value>()? {
+                    #[allow(clippy::cast_possible_truncation)]
+                    let f = v.as_f64().map(|f| f as f32).filter(|f| f.is_finite());
+                    if f.is_none() && first_bad.is_none() {
+                        first_bad = Some(format!("x[{}] = {v}", x.len()));
+                    }
+                    x.push(f.unwrap_or_default());
+                }
+                Ok(XField::Values { x, first_bad })
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut m: M) -> Result<XField, M::Error> {
+                while m
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(XField::NotArray)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<XField, E> {
+                Ok(XField::NotArray)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<XField, E> {
+                Ok(XField::NotArray)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<XField, E> {
+                Ok(XField::NotArray)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<XField, E> {
+                Ok(XField::NotArray)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<XField, E> {
+                Ok(XField::NotArray)
+            }
+            fn visit_unit<E>(self) -> Result<XField, E> {
+                Ok(XField::NotArray)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Builds the `scores` message for one sample: the identity fields, the model version and the
@@ -617,6 +716,38 @@ mod tests {
             Value::Object(f.identity),
             json!({"runId": "d01", "sample": 7, "ts": "2026-01-01T00:00:00Z"})
         );
+    }
+
+    #[test]
+    fn bad_features_name_the_problem() {
+        let problem = |body: &[u8]| match parse_features(body, 2) {
+            Err(FeatureError::BadX {
+                expected: 2,
+                problem,
+            }) => problem,
+            other => panic!("expected BadX, got {other:?}"),
+        };
+        assert_eq!(problem(br#"{"x":[1,"a"]}"#), r#"x[1] = "a""#);
+        assert_eq!(problem(br#"{"x":[null,"a"]}"#), "x[0] = null");
+        assert_eq!(problem(br#"{"x":[1,2,"a"]}"#), "3 values");
+        assert_eq!(problem(br#"{"x":{"a":[1]}}"#), "not an array");
+        assert_eq!(problem(br#"{"x":"1,2"}"#), "not an array");
+        assert_eq!(problem(br#"{"y":[1,2]}"#), "missing");
+        assert_eq!(problem(br#"{"x":[1,3.5e38]}"#), "x[1] = 3.5e+38");
+        // Marked invalid wins over a bad x, wherever `valid` is.
+        assert_eq!(
+            parse_features(br#"{"x":[1],"valid":false}"#, 2),
+            Err(FeatureError::Invalid)
+        );
+        assert_eq!(
+            parse_features(br#"{"valid":false,"x":"no"}"#, 2),
+            Err(FeatureError::Invalid)
+        );
+        // The identity keeps its fields in order; the last of a repeated x counts.
+        let f = parse_features(br#"{"b":1,"x":[9],"a":{"n":[2]},"x":[3,4]}"#, 2).unwrap();
+        assert_eq!(f.x, [3.0, 4.0]);
+        let keys: Vec<&String> = f.identity.keys().collect();
+        assert_eq!(keys, ["b", "a"]);
     }
 
     #[test]

@@ -150,9 +150,47 @@ fn decode(s: &str) -> String {
     percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
-/// [`decode`] into a property string (inline when short, no allocation).
+/// [`decode`] into a property string. Nearly every bag key and value is short, so the bytes
+/// are decoded on the stack and the result is kept inline: no allocation, where the generic
+/// decoder grows a `Vec` byte by byte for every escaped key (`%24.ct`).
 fn decode_prop(s: &str) -> crate::PropStr {
-    crate::PropStr::from(percent_decode_str(s).decode_utf8_lossy())
+    const STACK: usize = 64;
+    if !s.contains('%') {
+        return crate::PropStr::new(s);
+    }
+    let src = s.as_bytes();
+    let mut stack = [0u8; STACK];
+    let mut heap = Vec::new();
+    let out: &mut [u8] = if src.len() <= STACK {
+        &mut stack
+    } else {
+        heap.resize(src.len(), 0);
+        &mut heap
+    };
+    // A decoded string is never longer than its source, so `out` has room.
+    let mut n = 0;
+    let mut i = 0;
+    while let Some(&b) = src.get(i) {
+        let escaped = (b == b'%')
+            .then(|| Some((hex(*src.get(i + 1)?)?, hex(*src.get(i + 2)?)?)))
+            .flatten();
+        let (byte, used) = match escaped {
+            Some((hi, lo)) => ((hi << 4) | lo, 3),
+            None => (b, 1),
+        };
+        if let Some(slot) = out.get_mut(n) {
+            *slot = byte;
+        }
+        n += 1;
+        i += used;
+    }
+    crate::PropStr::from(String::from_utf8_lossy(out.get(..n).unwrap_or_default()))
+}
+
+fn hex(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 fn encode(s: &str) -> impl std::fmt::Display + '_ {
@@ -164,6 +202,8 @@ fn encode(s: &str) -> impl std::fmt::Display + '_ {
 /// The hub calls this on messages from modules and then overwrites the connection properties
 /// from the authenticated identity, so a module cannot forge `$.cdid`/`$.cmid`.
 pub fn decode_bag_into(bag: &str, msg: &mut Message) {
+    msg.properties
+        .reserve(bag.bytes().filter(|&b| b == b'&').count() + 1);
     for pair in bag.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = decode_prop(k);
@@ -180,7 +220,14 @@ pub fn decode_bag_into(bag: &str, msg: &mut Message) {
 #[must_use]
 pub fn encode_bag(msg: &Message, sys: &[SysProp]) -> String {
     use std::fmt::Write;
-    let mut out = String::new();
+    let props: usize = msg
+        .properties
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum();
+    let sys_len: usize = msg.system.iter().map(|(_, v)| v.len() + 8).sum();
+    // Escapes make it longer now and then; this covers the usual bag in one allocation.
+    let mut out = String::with_capacity(props + sys_len + 16);
     for p in sys {
         if let (Some(v), Some(k)) = (msg.system.get(*p), p.bag_key()) {
             if !out.is_empty() {
@@ -405,6 +452,31 @@ pub fn classify_subscription(filter: &str, device: &str, module: &str) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_property_decoder_agrees_with_the_generic_one() {
+        let long = format!("{}%24{}", "a".repeat(70), "%2F".repeat(30));
+        let cases = [
+            "",
+            "plain",
+            "%24.ct",
+            "application%2Fjson",
+            "%",
+            "%2",
+            "%zz",
+            "a%2",
+            "%%24",
+            "%E2%82%AC",
+            "%FF",
+            "%e2%82",
+            "100%25",
+            "+%20+",
+            long.as_str(),
+        ];
+        for c in cases {
+            assert_eq!(decode_prop(c), decode(c), "{c:?}");
+        }
+    }
 
     #[test]
     fn parses_sdk_output_topic() {
