@@ -136,6 +136,8 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
     let mut plans: Vec<Plan<'_>> = Vec::with_capacity(batch.len());
     let mut hits = Vec::new();
     let mut targets: Vec<(String, u8, u64)> = Vec::new();
+    // Endpoint names of the sinks seen in this batch, built once per sink, not per message.
+    let mut endpoints: Vec<(&Sink, String)> = Vec::new();
     for item in batch.iter() {
         let start = reqs.len();
         let mut routes = Vec::new();
@@ -148,7 +150,14 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
                 let ttl = hit.time_to_live.unwrap_or(routing.default_ttl);
                 let expires =
                     now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-                let endpoint = endpoint_of(hit.sink);
+                let endpoint = match endpoints.iter().find(|(k, _)| std::ptr::eq(*k, hit.sink)) {
+                    Some((_, e)) => e.clone(),
+                    None => {
+                        let e = endpoint_of(hit.sink);
+                        endpoints.push((hit.sink, e.clone()));
+                        e
+                    }
+                };
                 match targets.iter_mut().find(|t| t.0 == endpoint) {
                     Some(t) => {
                         t.1 = t.1.min(hit.priority);
@@ -173,12 +182,19 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
                 } else {
                     0
                 };
-                let payload = store::encode_record(msg, flags);
-                for (endpoint, priority, expires_at_ms) in targets.drain(..) {
+                let mut payload = Some(store::encode_record(msg, flags));
+                let last = targets.len().saturating_sub(1);
+                for (i, (endpoint, priority, expires_at_ms)) in targets.drain(..).enumerate() {
+                    // The last target takes the record itself: no shared copy for one target.
+                    let payload = if i == last {
+                        payload.take()
+                    } else {
+                        payload.clone()
+                    };
                     reqs.push(AppendReq {
                         key: QKey { endpoint, priority },
                         expires_at_ms,
-                        payload: payload.clone(),
+                        payload: payload.unwrap_or_default(),
                     });
                 }
             }
