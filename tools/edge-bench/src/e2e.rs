@@ -232,6 +232,19 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
         (samples / elapsed.max(1e-9)).round(),
         &format!("{cmd}; samples over the time to the last score"),
     ));
+    if let Some(first) = first_route {
+        // The same run without edged's and the modules' start-up: from the first routed
+        // message (the first sample) to the last score.
+        let steady = elapsed - first.as_secs_f64();
+        b.push(Entry::solo(
+            "e2e_scored_per_s_after_start",
+            "samples/s",
+            (samples / steady.max(1e-9)).round(),
+            &format!(
+                "{cmd}; samples over the time from the first routed message to the last score"
+            ),
+        ));
+    }
     if let Some(d) = dcs.as_ref().filter(|_| writes > 0) {
         let landed = d.landed();
         let end = landed.iter().map(|(t, _)| *t).max().unwrap_or(t0_wall);

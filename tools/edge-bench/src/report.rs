@@ -79,7 +79,9 @@ as fast as the hub accepts) and dcs-sim in the bench process with the remote-ena
 on, so that opcua-writer really writes (read, write, read back, audit). `e2e_samples_per_s` = \
 samples whose result the DCS stored (`Advisory.LastUpdate` writes in dcs-sim's write log) / \
 time from spawning edged to the last such write; `e2e_scored_per_s` = samples published / \
-time to the last score counted in `/metrics` (polled every 20 ms). Start-up: time from spawning \
+time from spawning edged to the last score counted in `/metrics` (polled every 20 ms), so it \
+includes start-up; `e2e_scored_per_s_after_start` is the same run from the first routed message \
+to the last score. Start-up: time from spawning \
 edged to the first routed message, and to every module reported running *and* connected to the \
 hub (`/metrics`, polled every 5 ms). `e2e_cpu_s_*`: CPU time (user + system, `/proc/PID/stat`) \
 of edged and of each module from spawn to the last score, read at each poll (the writer goes on \
