@@ -113,8 +113,8 @@ impl Serialize for Body<'_> {
         let mut map = serializer.serialize_map(Some(6))?;
         map.serialize_entry("runId", &*s.run_id)?;
         map.serialize_entry("sample", &s.index)?;
-        map.serialize_entry("ts", &Display(&self.ts))?;
-        map.serialize_entry("ingestedAt", &Display(&self.ingested_at))?;
+        map.serialize_entry("ts", &DisplayStr(&self.ts))?;
+        map.serialize_entry("ingestedAt", &DisplayStr(&self.ingested_at))?;
         map.serialize_entry("quality", s.quality().as_str())?;
         map.serialize_entry("values", &Values(s))?;
         map.end()
@@ -122,9 +122,9 @@ impl Serialize for Body<'_> {
 }
 
 /// A `Display` value serialized as a JSON string without an intermediate `String`.
-struct Display<'a, T>(&'a T);
+struct DisplayStr<'a, T>(&'a T);
 
-impl<T: std::fmt::Display> Serialize for Display<'_, T> {
+impl<T: std::fmt::Display> Serialize for DisplayStr<'_, T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self.0)
     }

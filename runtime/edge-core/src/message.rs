@@ -359,13 +359,10 @@ fn take(b: &mut Bytes, n: usize) -> Result<Bytes, DecodeError> {
     Ok(b.split_to(n))
 }
 fn take_str(b: &mut Bytes, n: usize) -> Result<PropStr, DecodeError> {
-    if b.remaining() < n {
-        return Err(DecodeError::Truncated);
-    }
-    let s = std::str::from_utf8(b.get(..n).unwrap_or_default()).map_err(|_| DecodeError::Utf8)?;
-    let s = PropStr::new(s);
-    b.advance(n);
-    Ok(s)
+    let raw = take(b, n)?;
+    std::str::from_utf8(&raw)
+        .map(PropStr::new)
+        .map_err(|_| DecodeError::Utf8)
 }
 
 #[cfg(test)]

@@ -136,8 +136,6 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
     let mut plans: Vec<Plan<'_>> = Vec::with_capacity(batch.len());
     let mut hits = Vec::new();
     let mut targets: Vec<(String, u8, u64)> = Vec::new();
-    // Endpoint names of the sinks seen in this batch, built once per sink, not per message.
-    let mut endpoints: Vec<(&Sink, String)> = Vec::new();
     for item in batch.iter() {
         let start = reqs.len();
         let mut routes = Vec::new();
@@ -150,14 +148,7 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
                 let ttl = hit.time_to_live.unwrap_or(routing.default_ttl);
                 let expires =
                     now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-                let endpoint = match endpoints.iter().find(|(k, _)| std::ptr::eq(*k, hit.sink)) {
-                    Some((_, e)) => e.clone(),
-                    None => {
-                        let e = endpoint_of(hit.sink);
-                        endpoints.push((hit.sink, e.clone()));
-                        e
-                    }
-                };
+                let endpoint = endpoint_of(hit.sink);
                 match targets.iter_mut().find(|t| t.0 == endpoint) {
                     Some(t) => {
                         t.1 = t.1.min(hit.priority);
@@ -182,19 +173,19 @@ pub(crate) async fn commit(hub: &Inner, batch: &mut Vec<IngestItem>) {
                 } else {
                     0
                 };
-                let mut payload = Some(store::encode_record(msg, flags));
-                let last = targets.len().saturating_sub(1);
+                let mut payload = store::encode_record(msg, flags);
+                let n = targets.len();
                 for (i, (endpoint, priority, expires_at_ms)) in targets.drain(..).enumerate() {
                     // The last target takes the record itself: no shared copy for one target.
-                    let payload = if i == last {
-                        payload.take()
+                    let payload = if i + 1 == n {
+                        std::mem::take(&mut payload)
                     } else {
                         payload.clone()
                     };
                     reqs.push(AppendReq {
                         key: QKey { endpoint, priority },
                         expires_at_ms,
-                        payload: payload.unwrap_or_default(),
+                        payload,
                     });
                 }
             }

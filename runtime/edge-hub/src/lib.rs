@@ -103,6 +103,9 @@ const DEFAULT_TTL: Duration = Duration::from_secs(7200);
 /// How often expired entries are dropped and the queue gauges refreshed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a listener waits after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Capacity of the channel from connections to the ingest task.
 const INGEST_QUEUE: usize = 4096;
 
@@ -726,28 +729,47 @@ fn update_queue_gauges(inner: &Inner, snapshot: &store::Snapshot) {
 }
 
 async fn accept_loop(hub: Arc<Inner>, listener: TcpListener) {
+    accept_until_cancelled(
+        &hub,
+        "tcp",
+        || listener.accept(),
+        |(sock, peer)| {
+            let _ = sock.set_nodelay(true);
+            hub.tracker
+                .spawn(session::serve(Arc::clone(&hub), sock, peer.to_string()));
+        },
+    )
+    .await;
+}
+
+/// The accept loop of every listener (TCP, TLS, Unix socket): hands each accepted connection
+/// to `serve` until the hub is cancelled. A failed accept (out of file descriptors and the
+/// like) is logged and waited out briefly instead of spinning.
+pub(crate) async fn accept_until_cancelled<C, F>(
+    hub: &Inner,
+    listener: &str,
+    mut accept: impl FnMut() -> F,
+    mut serve: impl FnMut(C),
+) where
+    F: std::future::Future<Output = std::io::Result<C>>,
+{
     loop {
         let accepted = tokio::select! {
             () = hub.cancel.cancelled() => break,
-            r = listener.accept() => r,
+            r = accept() => r,
         };
         match accepted {
-            Ok((sock, peer)) => {
-                let _ = sock.set_nodelay(true);
-                hub.tracker
-                    .spawn(session::serve(Arc::clone(&hub), sock, peer.to_string()));
-            }
+            Ok(conn) => serve(conn),
             Err(error) => {
-                // Out of file descriptors and the like: back off briefly instead of spinning.
-                tracing::warn!(%error, "Accept failed.");
+                tracing::warn!(%error, listener, "Accept failed.");
                 tokio::select! {
                     () = hub.cancel.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                 }
             }
         }
     }
-    tracing::debug!("Listener closed.");
+    tracing::debug!(listener, "Listener closed.");
 }
 
 async fn sweep_loop(hub: Arc<Inner>) {

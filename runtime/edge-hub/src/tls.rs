@@ -45,42 +45,32 @@ impl Hub {
 }
 
 async fn accept_loop(hub: Arc<Inner>, listener: TcpListener, acceptor: TlsAcceptor) {
-    loop {
-        let accepted = tokio::select! {
-            () = hub.cancel.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((sock, peer)) => {
-                let _ = sock.set_nodelay(true);
-                let hub2 = Arc::clone(&hub);
-                let acceptor = acceptor.clone();
-                hub.tracker.spawn(async move {
-                    let handshake = tokio::select! {
-                        () = hub2.cancel.cancelled() => return,
-                        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)) => r,
-                    };
-                    match handshake {
-                        Ok(Ok(stream)) => {
-                            crate::session::serve(hub2, stream, format!("tls:{peer}")).await;
-                        }
-                        Ok(Err(error)) => {
-                            tracing::info!(%peer, %error, "TLS handshake failed.");
-                        }
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out."),
+    crate::accept_until_cancelled(
+        &hub,
+        "tls",
+        || listener.accept(),
+        |(sock, peer)| {
+            let _ = sock.set_nodelay(true);
+            let hub2 = Arc::clone(&hub);
+            let acceptor = acceptor.clone();
+            hub.tracker.spawn(async move {
+                let handshake = tokio::select! {
+                    () = hub2.cancel.cancelled() => return,
+                    r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)) => r,
+                };
+                match handshake {
+                    Ok(Ok(stream)) => {
+                        crate::session::serve(hub2, stream, format!("tls:{peer}")).await;
                     }
-                });
-            }
-            Err(error) => {
-                tracing::warn!(%error, "TLS accept failed.");
-                tokio::select! {
-                    () = hub.cancel.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    Ok(Err(error)) => {
+                        tracing::info!(%peer, %error, "TLS handshake failed.");
+                    }
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out."),
                 }
-            }
-        }
-    }
-    tracing::debug!("TLS listener closed.");
+            });
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use crate::{Hub, HubError, Inner};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::UnixListener;
 
 impl Hub {
@@ -52,26 +51,16 @@ impl Hub {
 }
 
 async fn accept_loop(hub: Arc<Inner>, listener: UnixListener, path: PathBuf) {
-    loop {
-        let accepted = tokio::select! {
-            () = hub.cancel.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((sock, _)) => {
-                hub.tracker
-                    .spawn(crate::session::serve(Arc::clone(&hub), sock, "unix".into()));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "Accept on the Unix socket failed.");
-                tokio::select! {
-                    () = hub.cancel.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-            }
-        }
-    }
+    crate::accept_until_cancelled(
+        &hub,
+        "unix",
+        || listener.accept(),
+        |(sock, _)| {
+            hub.tracker
+                .spawn(crate::session::serve(Arc::clone(&hub), sock, "unix".into()));
+        },
+    )
+    .await;
     drop(listener);
     let _ = std::fs::remove_file(&path);
-    tracing::debug!("Unix listener closed.");
 }
