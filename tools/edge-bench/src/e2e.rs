@@ -127,20 +127,38 @@ fn cpu_now(pids: &BTreeMap<String, u32>) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Full replay, as fast as it goes; start-up times and footprint on the way.
-pub fn throughput(b: &mut Bench) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut manifest = load_manifest(&b.root)?;
-    let dcs = with_dcs(&mut manifest, dir.path())?;
-    let names = modules(&manifest);
-    let path = write(dir.path(), "deployment.json", &manifest)?;
-    eprintln!(
-        "[bench] e2e: edged on deployment.json ({})",
-        names.join(", ")
-    );
-    let mut edged = Edged::start(&b.root, &path, &dir.path().join("edged"))?;
+/// What one full replay observed (times from spawning edged).
+struct Replay {
+    first_route: Option<Duration>,
+    all_running: Option<Duration>,
+    samples: f64,
+    scores: f64,
+    /// Spawn to the last score counted in `/metrics`.
+    to_last_score: Duration,
+    /// Writes dcs-sim counted (0 without a DCS).
+    writes: usize,
+    /// CPU seconds per process (edged and each module) up to the last score.
+    cpu_at_score: BTreeMap<String, f64>,
+}
+
+impl Replay {
+    /// Samples over the time from spawning edged to the last score.
+    fn scored_per_s(&self) -> f64 {
+        (self.samples / self.to_last_score.as_secs_f64().max(1e-9)).round()
+    }
+
+    /// The same, timed from the first routed message (start-up left out).
+    fn scored_per_s_after_start(&self) -> Option<f64> {
+        let steady = self.to_last_score.checked_sub(self.first_route?)?;
+        Some((self.samples / steady.as_secs_f64().max(1e-9)).round())
+    }
+}
+
+/// Polls edged's `/metrics` until the replay is over: nothing more received from the historian
+/// or the scorer for 2 s, and the writer done (2 s without a DCS write, or 20 s after the last
+/// score without any).
+fn replay(b: &Bench, edged: &Edged, names: &[String], dcs: Option<&Dcs>) -> Result<Replay> {
     let t0 = edged.spawned;
-    let t0_wall = SystemTime::now() - t0.elapsed();
     let deadline = t0 + Duration::from_secs(if b.quick { 150 } else { 600 });
     let mut first_route = None;
     let mut all_running = None;
@@ -181,7 +199,7 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
             // (the writer and the DCS go on after it).
             cpu_at_score = cpu_now(&pids);
         }
-        if let Some(d) = &dcs {
+        if let Some(d) = dcs {
             let w = d.server.write_count();
             if w > writes {
                 writes = w;
@@ -212,6 +230,40 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
         };
         std::thread::sleep(Duration::from_millis(step));
     }
+    Ok(Replay {
+        first_route,
+        all_running,
+        samples,
+        scores,
+        to_last_score: last_score.saturating_duration_since(t0),
+        writes,
+        cpu_at_score,
+    })
+}
+
+/// Full replay, as fast as it goes; start-up times and footprint on the way.
+pub fn throughput(b: &mut Bench) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut manifest = load_manifest(&b.root)?;
+    let dcs = with_dcs(&mut manifest, dir.path())?;
+    let names = modules(&manifest);
+    let path = write(dir.path(), "deployment.json", &manifest)?;
+    eprintln!(
+        "[bench] e2e: edged on deployment.json ({})",
+        names.join(", ")
+    );
+    let mut edged = Edged::start(&b.root, &path, &dir.path().join("edged"))?;
+    let t0 = edged.spawned;
+    let t0_wall = SystemTime::now() - t0.elapsed();
+    let run = replay(b, &edged, &names, dcs.as_ref())?;
+    let Replay {
+        first_route,
+        all_running,
+        samples,
+        scores,
+        writes,
+        ..
+    } = run;
     let mode = if b.quick { " --quick" } else { "" };
     let cmd = format!(
         "edge-bench{mode} (e2e: target/release/edged --deployment deployment.json, full replay, speed 0)"
@@ -222,24 +274,23 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
     if let Some(d) = all_running {
         b.push(Entry::solo("start_to_all_running_ms", "ms", ms(d), &cmd));
     }
-    let elapsed = last_score.saturating_duration_since(t0).as_secs_f64();
+    let elapsed = run.to_last_score.as_secs_f64();
     eprintln!("[bench] e2e: {samples} samples, {scores} scores in {elapsed:.2} s");
     b.push(Entry::solo("e2e_samples", "samples", samples, &cmd));
     b.push(Entry::solo("e2e_scores", "scores", scores, &cmd));
     b.push(Entry::solo(
         "e2e_scored_per_s",
         "samples/s",
-        (samples / elapsed.max(1e-9)).round(),
+        run.scored_per_s(),
         &format!("{cmd}; samples over the time to the last score"),
     ));
-    if let Some(first) = first_route {
+    if let Some(v) = run.scored_per_s_after_start() {
         // The same run without edged's and the modules' start-up: from the first routed
         // message (the first sample) to the last score.
-        let steady = elapsed - first.as_secs_f64();
         b.push(Entry::solo(
             "e2e_scored_per_s_after_start",
             "samples/s",
-            (samples / steady.max(1e-9)).round(),
+            v,
             &format!(
                 "{cmd}; samples over the time from the first routed message to the last score"
             ),
@@ -275,7 +326,7 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
 
     let cpu_cmd =
         format!("{cmd}; CPU time (utime + stime in /proc/PID/stat) from spawn to the last score");
-    for (name, secs) in &cpu_at_score {
+    for (name, secs) in &run.cpu_at_score {
         b.push(Entry::solo(
             &format!("e2e_cpu_s_{}", name.replace('-', "_")),
             "s",
@@ -320,6 +371,122 @@ pub fn throughput(b: &mut Bench) -> Result<()> {
                 &format!("stat target/release/{bin} (stripped release build)"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// `manifest` without opcua-writer: its module, its twin and the routes into it. What is left
+/// is the data path the throughput goal is set for (historian-ingest, feature-pipeline and
+/// onnx-scoring), with the rest of the deployment (health-monitor, alarms stored for upstream).
+fn without_writer(manifest: &mut Value) {
+    let mc = &mut manifest["modulesContent"];
+    if let Some(m) = mc["$edgeAgent"]["properties.desired"]["modules"].as_object_mut() {
+        m.remove(WRITER);
+    }
+    if let Some(o) = mc.as_object_mut() {
+        o.remove(WRITER);
+    }
+    let into_writer = format!("/modules/{WRITER}/");
+    if let Some(routes) = mc["$edgeHub"]["properties.desired"]["routes"].as_object_mut() {
+        routes.retain(|_, r| {
+            let text = r.as_str().or_else(|| r["route"].as_str()).unwrap_or("");
+            !text.contains(&into_writer)
+        });
+    }
+}
+
+/// The median of `v` (the mean of the two middle values for an even count); `None` if empty.
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some(((v[n / 2 - 1] + v[n / 2]) / 2.0).round()),
+    }
+}
+
+/// The data path alone, replayed several times (3 with `--quick`, else 5): the median, lowest
+/// and highest rate, so that one run on a noisy machine does not decide the figure.
+pub fn pipeline(b: &mut Bench) -> Result<()> {
+    let runs = if b.quick { 3 } else { 5 };
+    let (mut rates, mut steady) = (Vec::new(), Vec::new());
+    for i in 1..=runs {
+        let dir = tempfile::tempdir()?;
+        let mut manifest = load_manifest(&b.root)?;
+        without_writer(&mut manifest);
+        let names = modules(&manifest);
+        let path = write(dir.path(), "deployment.json", &manifest)?;
+        eprintln!(
+            "[bench] e2e pipeline {i}/{runs}: edged on deployment.json without {WRITER} ({})",
+            names.join(", ")
+        );
+        let mut edged = Edged::start(&b.root, &path, &dir.path().join("edged"))?;
+        let run = replay(b, &edged, &names, None)?;
+        edged.stop();
+        anyhow::ensure!(
+            run.scores >= run.samples && run.samples > 0.0,
+            "run {i}: {} samples but {} scores",
+            run.samples,
+            run.scores
+        );
+        eprintln!(
+            "[bench] e2e pipeline {i}/{runs}: {} samples/s ({:?} after start-up)",
+            run.scored_per_s(),
+            run.scored_per_s_after_start()
+        );
+        rates.push(run.scored_per_s());
+        steady.extend(run.scored_per_s_after_start());
+    }
+    let mode = if b.quick { " --quick" } else { "" };
+    let cmd = format!(
+        "edge-bench{mode} (e2e pipeline: target/release/edged --deployment deployment.json without {WRITER} and its route, full replay, speed 0, {runs} runs)"
+    );
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (name, v, what) in [
+        (
+            "e2e_pipeline_scored_per_s",
+            &rates,
+            "samples over the time from spawning edged to the last score",
+        ),
+        (
+            "e2e_pipeline_scored_per_s_after_start",
+            &steady,
+            "samples over the time from the first routed message to the last score",
+        ),
+    ] {
+        let (Some(med), Some(lo), Some(hi)) = (
+            median(v),
+            v.iter().copied().reduce(f64::min),
+            v.iter().copied().reduce(f64::max),
+        ) else {
+            continue;
+        };
+        let detail = format!("{cmd}; {what}; runs: {}", list(v));
+        b.push(Entry::solo(
+            name,
+            "samples/s",
+            med,
+            &format!("{detail}; median"),
+        ));
+        b.push(Entry::solo(
+            &format!("{name}_min"),
+            "samples/s",
+            lo,
+            &format!("{detail}; lowest"),
+        ));
+        b.push(Entry::solo(
+            &format!("{name}_max"),
+            "samples/s",
+            hi,
+            &format!("{detail}; highest"),
+        ));
     }
     Ok(())
 }

@@ -10,7 +10,8 @@
 //! - `broker`: one rumqttc load against edged's hub, Mosquitto and an in-process rumqttd.
 //! - `crit`: the crates' criterion benches via `cargo bench`, plus Python onnxruntime.
 //! - `store`: recovery after kill -9 with N messages queued.
-//! - `e2e`: the reference deployment end to end (throughput, latency, start-up, footprint).
+//! - `e2e`: the reference deployment end to end (throughput, latency, start-up, footprint), and
+//!   the data path alone (the deployment without the writer), replayed several times.
 //! - `writer`: the OPC UA writer into dcs-sim (writes/s, message-to-DCS latency).
 //! - `report`: the JSON and Markdown outputs.
 
@@ -107,8 +108,8 @@ struct Args {
     /// Short runs (under 5 minutes on 2 cores after the build).
     #[arg(long)]
     quick: bool,
-    /// Only run these sections (route, broker, store, recovery, features, agent, score, e2e,
-    /// latency, writer, tls, fleet).
+    /// Only run these sections (route, store, features, agent, score, recovery, broker, e2e,
+    /// pipeline, latency, writer, tls, fleet).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Output directory.
@@ -119,7 +120,7 @@ struct Args {
 /// A benchmark section.
 type Section = fn(&mut Bench) -> Result<()>;
 
-const SECTIONS: [(&str, Section); 12] = [
+const SECTIONS: [(&str, Section); 13] = [
     ("route", crit::route),
     ("store", crit::store),
     ("features", crit::features),
@@ -128,6 +129,7 @@ const SECTIONS: [(&str, Section); 12] = [
     ("recovery", store::recovery),
     ("broker", broker::bench),
     ("e2e", e2e::throughput),
+    ("pipeline", e2e::pipeline),
     ("latency", e2e::latency),
     ("writer", writer::bench),
     ("tls", crit::tls),
