@@ -151,6 +151,10 @@ impl SysProp {
     /// Resolves a property-bag key (`$.mid`).
     #[must_use]
     pub fn from_bag_key(key: &str) -> Option<SysProp> {
+        // Every bag key of a system property starts with `$`; application keys rarely do.
+        if !key.starts_with('$') {
+            return None;
+        }
         SysProp::ALL.into_iter().find(|p| p.bag_key() == Some(key))
     }
 }

@@ -155,7 +155,7 @@ fn decode(s: &str) -> String {
 /// decoder grows a `Vec` byte by byte for every escaped key (`%24.ct`).
 fn decode_prop(s: &str) -> crate::PropStr {
     const STACK: usize = 64;
-    if !s.contains('%') {
+    if !s.as_bytes().contains(&b'%') {
         return crate::PropStr::new(s);
     }
     let src = s.as_bytes();
@@ -197,6 +197,41 @@ fn encode(s: &str) -> impl std::fmt::Display + '_ {
     utf8_percent_encode(s, QUOTE)
 }
 
+/// Whether `quote(safe="")` leaves the byte alone (`A-Za-z0-9_.-~`; see [`QUOTE`]).
+const fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~')
+}
+
+/// Appends `s` percent-encoded as [`encode`] writes it, without the formatting machinery: runs
+/// of unreserved bytes are copied as they are, every other byte becomes `%XX`.
+fn encode_into(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if unreserved(b) {
+            continue;
+        }
+        // `run..i` holds only ASCII, so both ends are character boundaries.
+        if run < i {
+            out.push_str(s.get(run..i).unwrap_or_default());
+        }
+        out.push('%');
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0F)]));
+        run = i + 1;
+    }
+    if run < bytes.len() {
+        out.push_str(s.get(run..).unwrap_or_default());
+    }
+}
+
+/// Splits `s` at the first `sep` byte (an ASCII separator, so both halves are `str`s).
+fn split_ascii(s: &str, sep: u8) -> Option<(&str, &str)> {
+    let at = s.bytes().position(|b| b == sep)?;
+    Some((s.get(..at)?, s.get(at + 1..)?))
+}
+
 /// Decodes a property bag into `msg`: `$.xx` keys set system properties, other keys set
 /// application properties. A key without `=` is an application property with an empty value.
 /// The hub calls this on messages from modules and then overwrites the connection properties
@@ -204,8 +239,14 @@ fn encode(s: &str) -> impl std::fmt::Display + '_ {
 pub fn decode_bag_into(bag: &str, msg: &mut Message) {
     msg.properties
         .reserve(bag.bytes().filter(|&b| b == b'&').count() + 1);
-    for pair in bag.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    let mut rest = bag;
+    while !rest.is_empty() {
+        let (pair, next) = split_ascii(rest, b'&').unwrap_or((rest, ""));
+        rest = next;
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = split_ascii(pair, b'=').unwrap_or((pair, ""));
         let k = decode_prop(k);
         let v = decode_prop(v);
         match SysProp::from_bag_key(&k) {
@@ -219,30 +260,41 @@ pub fn decode_bag_into(bag: &str, msg: &mut Message) {
 /// in order; application properties follow in their own order.
 #[must_use]
 pub fn encode_bag(msg: &Message, sys: &[SysProp]) -> String {
-    use std::fmt::Write;
+    let mut out = String::with_capacity(bag_capacity(msg));
+    encode_bag_into(&mut out, msg, sys);
+    out
+}
+
+/// Room for a message's bag in the usual case (escapes make it longer now and then).
+fn bag_capacity(msg: &Message) -> usize {
     let props: usize = msg
         .properties
         .iter()
         .map(|(k, v)| k.len() + v.len() + 2)
         .sum();
     let sys_len: usize = msg.system.iter().map(|(_, v)| v.len() + 8).sum();
-    // Escapes make it longer now and then; this covers the usual bag in one allocation.
-    let mut out = String::with_capacity(props + sys_len + 16);
+    props + sys_len + 16
+}
+
+/// [`encode_bag`] appended to `out`.
+fn encode_bag_into(out: &mut String, msg: &Message, sys: &[SysProp]) {
+    let start = out.len();
+    let pair = |out: &mut String, k: &str, v: &str| {
+        if out.len() > start {
+            out.push('&');
+        }
+        encode_into(out, k);
+        out.push('=');
+        encode_into(out, v);
+    };
     for p in sys {
         if let (Some(v), Some(k)) = (msg.system.get(*p), p.bag_key()) {
-            if !out.is_empty() {
-                out.push('&');
-            }
-            let _ = write!(out, "{}={}", encode(k), encode(v));
+            pair(out, k, v);
         }
     }
     for (k, v) in &msg.properties {
-        if !out.is_empty() {
-            out.push('&');
-        }
-        let _ = write!(out, "{}={}", encode(k), encode(v));
+        pair(out, k, v);
     }
-    out
 }
 
 /// System properties the hub puts on a message it delivers to a module input (edgeHub's
@@ -278,18 +330,26 @@ pub const FROM_MODULE_SYS: &[SysProp] = &[
 /// `devices/{d}/modules/{m}/inputs/{input}/{bag}`: a message the hub delivers to a module.
 #[must_use]
 pub fn input_topic(device: &str, module: &str, input: &str, msg: &Message) -> String {
-    let bag = encode_bag(msg, TO_MODULE_SYS);
-    format!(
-        "devices/{device}/modules/{module}/inputs/{}/{bag}",
-        encode(input)
-    )
+    let head = ["devices/", device, "/modules/", module, "/inputs/"];
+    let mut out = String::with_capacity(
+        head.iter().map(|p| p.len()).sum::<usize>() + input.len() + 1 + bag_capacity(msg),
+    );
+    head.iter().for_each(|p| out.push_str(p));
+    encode_into(&mut out, input);
+    out.push('/');
+    encode_bag_into(&mut out, msg, TO_MODULE_SYS);
+    out
 }
 
 /// `devices/{d}/modules/{m}/messages/events/{bag}`: what a module publishes for an output.
 #[must_use]
 pub fn events_topic(device: &str, module: &str, msg: &Message) -> String {
-    let bag = encode_bag(msg, FROM_MODULE_SYS);
-    format!("devices/{device}/modules/{module}/messages/events/{bag}")
+    let head = ["devices/", device, "/modules/", module, "/messages/events/"];
+    let mut out =
+        String::with_capacity(head.iter().map(|p| p.len()).sum::<usize>() + bag_capacity(msg));
+    head.iter().for_each(|p| out.push_str(p));
+    encode_bag_into(&mut out, msg, FROM_MODULE_SYS);
+    out
 }
 
 /// `$iothub/twin/res/{status}/?$rid=R[&$version=V]`.
@@ -452,6 +512,25 @@ pub fn classify_subscription(filter: &str, device: &str, module: &str) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_property_encoder_agrees_with_the_generic_one() {
+        for s in [
+            "",
+            "plain",
+            "A-Za-z0-9_.~",
+            "$.mid",
+            "a b&c=d/e?f#g+h%i",
+            "\u{e9}t\u{e9} \u{20ac} \u{1f600}",
+            "%%",
+            "trailing&",
+            "&leading",
+        ] {
+            let mut out = String::from("x");
+            encode_into(&mut out, s);
+            assert_eq!(out, format!("x{}", encode(s)), "{s:?}");
+        }
+    }
 
     #[test]
     fn the_property_decoder_agrees_with_the_generic_one() {

@@ -23,6 +23,7 @@ use crate::metrics::DeadLetter;
 use crate::registry::Conn;
 use crate::twin::TwinError;
 use bytes::{Bytes, BytesMut};
+use edge_core::PropStr;
 use edge_core::message::SysProp;
 use edge_core::message::ToCompactString;
 use edge_core::topic::{self, Inbound};
@@ -92,7 +93,8 @@ async fn read_packet<R: AsyncRead + Unpin>(
         match Packet::read(buf, max) {
             Ok(p) => return Ok(Some(p)),
             Err(mqttbytes::Error::InsufficientBytes(n)) => {
-                buf.reserve(n.max(4096));
+                // Room for a burst: one read takes what queued up (about 24 samples of 1.3 KB).
+                buf.reserve(n.max(32 * 1024));
                 match rd.read_buf(buf).await {
                     Ok(0) => return Ok(None),
                     Ok(_) => {}
@@ -206,6 +208,8 @@ where
             conn: conn.clone(),
             pubacks: puback_tx,
             heartbeat: attached.heartbeat,
+            received: hub.metrics.received_counter(module.as_str()),
+            enqueued: EnqueuedTime::default(),
         };
         let why = reader.run(&mut rd, &mut buf, max_packet, &connect).await;
         tracing::info!(module = %reader.module, reason = %why, "Module disconnected.");
@@ -258,6 +262,32 @@ struct Reader {
     conn: Conn,
     pubacks: mpsc::UnboundedSender<u16>,
     heartbeat: Arc<AtomicU64>,
+    /// This module's `edgehub_messages_received_total` series, looked up once.
+    received: prometheus::IntCounter,
+    enqueued: EnqueuedTime,
+}
+
+/// The `iothub-enqueuedtime` stamp (RFC 3339, milliseconds), formatted once per millisecond: a
+/// busy connection receives several messages within one.
+#[derive(Default)]
+struct EnqueuedTime {
+    /// Unix milliseconds of `text`.
+    at_ms: u128,
+    text: PropStr,
+}
+
+impl EnqueuedTime {
+    fn now(&mut self) -> PropStr {
+        let now = std::time::SystemTime::now();
+        let ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        if ms != self.at_ms || self.text.is_empty() {
+            self.at_ms = ms;
+            self.text = humantime::format_rfc3339_millis(now).to_compact_string();
+        }
+        self.text.clone()
+    }
 }
 
 impl Reader {
@@ -392,15 +422,10 @@ impl Reader {
                 msg.system.set(SysProp::ConnectionDeviceId, Some(device));
                 msg.system
                     .set(SysProp::ConnectionModuleId, Some(self.module.as_str()));
-                msg.system.set(
-                    SysProp::EnqueuedTime,
-                    Some(
-                        humantime::format_rfc3339_millis(std::time::SystemTime::now())
-                            .to_compact_string(),
-                    ),
-                );
+                msg.system
+                    .set(SysProp::EnqueuedTime, Some(self.enqueued.now()));
                 msg.system.set(SysProp::InputName, None::<String>);
-                self.hub.metrics.received(self.module.as_str());
+                self.hub.metrics.count_received(&self.received);
                 self.ingest(Some(msg), ack).await
             }
             Ok(Inbound::TwinGet { rid }) => {
