@@ -28,30 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use tokio::sync::{mpsc, oneshot};
 
-/// A queue: endpoint name and priority (0 highest).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct QKey {
-    /// `module/<m>/inputs/<i>` or `$upstream`.
-    pub endpoint: String,
-    /// 0 (highest) to 9.
-    pub priority: u8,
-}
-
-impl QKey {
-    fn to_store(&self) -> QueueKey {
-        QueueKey {
-            endpoint: self.endpoint.clone(),
-            priority: self.priority,
-        }
-    }
-
-    fn from_store(k: &QueueKey) -> Self {
-        Self {
-            endpoint: k.endpoint.clone(),
-            priority: k.priority,
-        }
-    }
-}
+/// A queue: endpoint name (`module/<m>/inputs/<i>` or `$upstream`) and priority (0 highest).
+/// The store's own key, so that appends and acks pass it by reference instead of copying the
+/// endpoint name for every message.
+pub(crate) type QKey = QueueKey;
 
 /// First byte of a record written with [`encode_record`]: `0xE0 | flags`. Records from before
 /// the header start with the message encoding's version byte (1), so they read as flags 0.
@@ -295,11 +275,7 @@ fn run(shared: &Shared, mut rx: mpsc::Receiver<Cmd>) {
                 let _ = reply.send(synced);
             }
             Cmd::Expire { now_ms, reply } => {
-                let expired = store
-                    .expire(now_ms)
-                    .into_iter()
-                    .map(|(k, n)| (QKey::from_store(&k), n))
-                    .collect();
+                let expired = store.expire(now_ms).into_iter().collect();
                 // Makes the appends and acks since the last sync durable; nothing pending, no I/O.
                 sync(&mut store);
                 drop(store);
@@ -319,7 +295,7 @@ fn run(shared: &Shared, mut rx: mpsc::Receiver<Cmd>) {
 
 fn ack(store: &mut Store, acks: Vec<(QKey, u64)>) {
     for (key, seq) in acks {
-        if let Err(error) = store.ack(&key.to_store(), seq) {
+        if let Err(error) = store.ack(&key, seq) {
             tracing::debug!(endpoint = %key.endpoint, seq, error = %chain(&error), "Ack refused by the store.");
         }
     }
@@ -341,7 +317,7 @@ fn append(store: &mut Store, items: Vec<AppendReq>, durable: bool, quota: u64) -
             continue;
         }
         let r = store
-            .append(&item.key.to_store(), item.expires_at_ms, &item.payload)
+            .append(&item.key, item.expires_at_ms, &item.payload)
             .map_err(|e| match e {
                 StoreError::QuotaExceeded { .. } => AppendFailure::Full,
                 other => AppendFailure::Failed(chain(&other)),
@@ -376,7 +352,7 @@ fn read(
         if out.entries.len() >= max {
             break;
         }
-        let qkey = QKey::from_store(&key);
+        let qkey = key.clone();
         let after = cursors.iter().find(|(k, _)| *k == qkey).map(|(_, s)| *s);
         // A corrupt record is skipped by acking it; give up on the queue after a few.
         let mut attempts = 0;
@@ -410,7 +386,7 @@ fn snapshot_of(store: &Store) -> Snapshot {
     for k in store.queues() {
         let len = store.len(&k) as u64;
         let oldest = store.oldest_appended_ms(&k);
-        queues.insert(QKey::from_store(&k), (len, oldest));
+        queues.insert(k, (len, oldest));
     }
     Snapshot {
         queues,

@@ -666,11 +666,16 @@ impl ModuleClient {
                         .inputs
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner);
-                    inputs
-                        .entry(input.clone())
-                        .or_insert_with(|| new_slot(self.inner.opts.input_capacity))
-                        .tx
-                        .clone()
+                    // Looked up by `&str`: the input's name is copied only the first time.
+                    if let Some(slot) = inputs.get(input.as_str()) {
+                        slot.tx.clone()
+                    } else {
+                        inputs
+                            .entry(input.clone())
+                            .or_insert_with(|| new_slot(self.inner.opts.input_capacity))
+                            .tx
+                            .clone()
+                    }
                 };
                 let d = Delivery {
                     input,
