@@ -275,7 +275,7 @@ fn run(shared: &Shared, mut rx: mpsc::Receiver<Cmd>) {
                 let _ = reply.send(synced);
             }
             Cmd::Expire { now_ms, reply } => {
-                let expired = store.expire(now_ms).into_iter().collect();
+                let expired = store.expire(now_ms);
                 // Makes the appends and acks since the last sync durable; nothing pending, no I/O.
                 sync(&mut store);
                 drop(store);
@@ -352,8 +352,7 @@ fn read(
         if out.entries.len() >= max {
             break;
         }
-        let qkey = key.clone();
-        let after = cursors.iter().find(|(k, _)| *k == qkey).map(|(_, s)| *s);
+        let after = cursors.iter().find(|(k, _)| *k == key).map(|(_, s)| *s);
         // A corrupt record is skipped by acking it; give up on the queue after a few.
         let mut attempts = 0;
         let entries: Vec<Entry> = loop {
@@ -373,7 +372,7 @@ fn read(
             }
         };
         out.entries.extend(entries.into_iter().map(|e| QEntry {
-            key: qkey.clone(),
+            key: key.clone(),
             seq: e.seq,
             payload: e.payload,
         }));
