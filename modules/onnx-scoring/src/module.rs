@@ -588,19 +588,40 @@ async fn report(ctx: &ModuleContext<Config>, swap: &Swap<Scorer>) {
     }
 }
 
+/// Where a batch's messages come from: the module's input, or a plain channel in tests.
+trait Queue<T> {
+    /// A message already queued, without waiting.
+    fn try_next(&mut self) -> Option<T>;
+    /// The next message, waiting for it; `None` once the queue is closed.
+    fn next(&mut self) -> impl Future<Output = Option<T>>;
+}
+
+impl Queue<Delivery> for edge_sdk::Input {
+    fn try_next(&mut self) -> Option<Delivery> {
+        self.try_recv()
+    }
+
+    fn next(&mut self) -> impl Future<Output = Option<Delivery>> {
+        self.recv()
+    }
+}
+
 /// Takes `first` plus whatever else is queued, up to `bounds.max` messages, waiting at most
-/// `bounds.latency` after `first` for more.
-async fn collect_batch(
-    first: Delivery,
-    input: &mut edge_sdk::Input,
-    bounds: BatchConfig,
-) -> Vec<Delivery> {
+/// `bounds.latency` after `first` for more. What is queued already is taken without arming a
+/// timer (the common case under load); with a zero latency nothing is waited for.
+async fn collect_batch<T>(first: T, input: &mut impl Queue<T>, bounds: BatchConfig) -> Vec<T> {
     let mut batch = vec![first];
+    while batch.len() < bounds.max
+        && let Some(d) = input.try_next()
+    {
+        batch.push(d);
+    }
+    if bounds.latency.is_zero() {
+        return batch;
+    }
     let deadline = tokio::time::Instant::now() + bounds.latency;
     while batch.len() < bounds.max {
-        // `timeout_at` polls the receiver before the deadline, so queued messages are taken
-        // even with a zero latency.
-        match tokio::time::timeout_at(deadline, input.recv()).await {
+        match tokio::time::timeout_at(deadline, input.next()).await {
             Ok(Some(d)) => batch.push(d),
             Ok(None) | Err(_) => break,
         }
@@ -706,6 +727,73 @@ async fn process(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl<T> Queue<T> for tokio::sync::mpsc::Receiver<T> {
+        fn try_next(&mut self) -> Option<T> {
+            self.try_recv().ok()
+        }
+
+        fn next(&mut self) -> impl Future<Output = Option<T>> {
+            self.recv()
+        }
+    }
+
+    fn bounds(max: usize, latency_ms: u64) -> BatchConfig {
+        BatchConfig {
+            max,
+            latency: Duration::from_millis(latency_ms),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_takes_what_is_queued_up_to_its_size_without_waiting() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        for i in 1..10 {
+            tx.send(i).await.unwrap();
+        }
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(
+            collect_batch(0, &mut rx, bounds(4, 0)).await,
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(
+            collect_batch(0, &mut rx, bounds(64, 0)).await,
+            vec![0, 4, 5, 6, 7, 8, 9]
+        );
+        // Nothing queued and no latency: the one message is scored alone, at once.
+        assert_eq!(collect_batch(0, &mut rx, bounds(64, 0)).await, vec![0]);
+        // A full batch does not wait for its latency either.
+        for i in 1..4 {
+            tx.send(i).await.unwrap();
+        }
+        assert_eq!(
+            collect_batch(0, &mut rx, bounds(4, 50)).await,
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_waits_its_latency_for_more_and_no_longer() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        tx.send(1).await.unwrap();
+        let feeder = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            tx.send(2).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.send(3).await.unwrap();
+        });
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(
+            collect_batch(0, &mut rx, bounds(64, 5)).await,
+            vec![0, 1, 2]
+        );
+        assert_eq!(t0.elapsed(), Duration::from_millis(5));
+        // The late message starts the next batch.
+        let next = rx.recv().await.unwrap();
+        assert_eq!(collect_batch(next, &mut rx, bounds(64, 5)).await, vec![3]);
+        feeder.await.unwrap();
+    }
 
     #[test]
     fn parses_pipeline_message_and_carries_identity() {

@@ -150,6 +150,11 @@ impl Input {
     pub async fn recv(&mut self) -> Option<Delivery> {
         self.rx.recv().await
     }
+
+    /// A message that is already queued, without waiting (and without arming a timer).
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.rx.try_recv().ok()
+    }
 }
 
 fn now_secs() -> u64 {

@@ -411,7 +411,7 @@ fn median(v: &[f64]) -> Option<f64> {
 /// and highest rate, so that one run on a noisy machine does not decide the figure.
 pub fn pipeline(b: &mut Bench) -> Result<()> {
     let runs = if b.quick { 3 } else { 5 };
-    let (mut rates, mut steady) = (Vec::new(), Vec::new());
+    let (mut rates, mut steady, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=runs {
         let dir = tempfile::tempdir()?;
         let mut manifest = load_manifest(&b.root)?;
@@ -438,6 +438,8 @@ pub fn pipeline(b: &mut Bench) -> Result<()> {
         );
         rates.push(run.scored_per_s());
         steady.extend(run.scored_per_s_after_start());
+        let total: f64 = run.cpu_at_score.values().sum();
+        cpu.push((total / run.samples * 1e6 * 10.0).round() / 10.0);
     }
     let mode = if b.quick { " --quick" } else { "" };
     let cmd = format!(
@@ -445,20 +447,28 @@ pub fn pipeline(b: &mut Bench) -> Result<()> {
     );
     let list = |v: &[f64]| {
         v.iter()
-            .map(|x| format!("{x:.0}"))
+            .map(|x| format!("{x}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    for (name, v, what) in [
+    for (name, unit, v, what) in [
         (
             "e2e_pipeline_scored_per_s",
+            "samples/s",
             &rates,
             "samples over the time from spawning edged to the last score",
         ),
         (
             "e2e_pipeline_scored_per_s_after_start",
+            "samples/s",
             &steady,
             "samples over the time from the first routed message to the last score",
+        ),
+        (
+            "e2e_pipeline_cpu_us_per_sample",
+            "µs",
+            &cpu,
+            "CPU time (user + system) of edged and every module up to the last score, per sample",
         ),
     ] {
         let (Some(med), Some(lo), Some(hi)) = (
@@ -469,21 +479,16 @@ pub fn pipeline(b: &mut Bench) -> Result<()> {
             continue;
         };
         let detail = format!("{cmd}; {what}; runs: {}", list(v));
-        b.push(Entry::solo(
-            name,
-            "samples/s",
-            med,
-            &format!("{detail}; median"),
-        ));
+        b.push(Entry::solo(name, unit, med, &format!("{detail}; median")));
         b.push(Entry::solo(
             &format!("{name}_min"),
-            "samples/s",
+            unit,
             lo,
             &format!("{detail}; lowest"),
         ));
         b.push(Entry::solo(
             &format!("{name}_max"),
-            "samples/s",
+            unit,
             hi,
             &format!("{detail}; highest"),
         ));

@@ -92,9 +92,11 @@ scoring): the same deployment and replay without opcua-writer and its route (hea
 and the alarms stored for upstream stay), run 3 times (`--quick`) or 5 times. \
 `e2e_pipeline_scored_per_s` is the median of the runs' samples / time from spawning edged to \
 the last score, with `_min` and `_max` beside it; `…_after_start` is the same from the first \
-routed message. The runs' figures are in each entry's command. The machine's speed drifts \
-(the same binaries have given 14k and 20k a minute apart), so read the median and the spread, \
-not one run.
+routed message. `e2e_pipeline_cpu_us_per_sample` is the CPU time (user + system) of edged \
+and every module up to the last score, per sample: the work the data path costs, which a \
+faster or slower minute changes less than the rate. The runs' figures are in each entry's \
+command. The machine's speed drifts (the same binaries have given 14k and 20k a minute \
+apart), so read the median and the spread, not one run.
 - **End-to-end latency**: a second run replays the first TEP runs paced at 500 samples/s. \
 `e2e_p50/p99_latency_ms` are ingest to DCS: the DCS's server time of each `Advisory.LastUpdate` \
 write minus the value written, which is the sample's `ingestedAt` stamped by historian-ingest \
