@@ -777,6 +777,9 @@ mod tests {
     async fn a_batch_waits_its_latency_for_more_and_no_longer() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         tx.send(1).await.unwrap();
+        // The arrival schedule, on the paused clock: the sleeps are virtual time that tokio
+        // advances at once, not waits for a condition; message 2 lands inside the 5 ms
+        // latency, message 3 after it.
         let feeder = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(3)).await;
             tx.send(2).await.unwrap();
